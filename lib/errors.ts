@@ -1,0 +1,212 @@
+// Error classes. KvmError is what the kernel said; every other class is a
+// rule this package checks before calling the kernel, so the user learns
+// which of the kernel's many EINVAL causes applies, with the values.
+import { getSystemErrorMap } from 'node:util';
+
+const errnoMap = getSystemErrorMap();
+
+export function errnoName(errno: number): string {
+  return errnoMap.get(-errno)?.[0] ?? `E${errno}`;
+}
+
+function errnoText(errno: number): string {
+  return errnoMap.get(-errno)?.[1] ?? 'unknown error';
+}
+
+export function hex(v: number | bigint): string {
+  return '0x' + v.toString(16);
+}
+
+function formatFields(fields: Record<string, unknown>): string {
+  return Object.entries(fields)
+    .map(([k, v]) => `${k}=${typeof v === 'bigint' || (typeof v === 'number' && k !== 'slot' && k !== 'asId' && k !== 'guest_memfd') ? hex(v as number | bigint) : String(v)}`)
+    .join(' ');
+}
+
+/**
+ * A syscall failed. Shaped like Node's SystemError: `code` ('EINVAL'),
+ * `errno` (positive), `syscall` ('ioctl(KVM_SET_USER_MEMORY_REGION2)').
+ * `request` holds every field that was sent; `explanations` lists the kernel
+ * rules that can produce this errno when the package's own checks passed.
+ */
+export class KvmError extends Error {
+  override name = 'KvmError';
+  readonly code: string;
+  readonly errno: number;
+  readonly syscall: string;
+  request: Readonly<Record<string, unknown>> | undefined;
+  explanations: readonly string[] = [];
+
+  constructor(errno: number, syscall: string) {
+    super(`${syscall} failed: ${errnoName(errno)} (${errnoText(errno)})`);
+    this.errno = errno;
+    this.code = errnoName(errno);
+    this.syscall = syscall;
+  }
+
+  /** Attaches the request fields (and explanations) and rewrites the message to show them. */
+  withRequest(request: Record<string, unknown>, explanations: readonly string[] = []): this {
+    this.request = request;
+    this.explanations = explanations;
+    let msg = `${this.syscall} failed: ${this.code} (${errnoText(this.errno)}); sent ${formatFields(request)}`;
+    if (explanations.length > 0) msg += `\nkernel rules that can give ${this.code} here:\n  - ${explanations.join('\n  - ')}`;
+    this.message = msg;
+    return this;
+  }
+}
+
+/**
+ * A rule checked before the kernel was called. `rule` is a stable id,
+ * `details` the values involved, `kernelErrno` what the kernel would have
+ * answered for the same request (so tests can compare verdicts).
+ */
+export class KvmRuleError extends Error {
+  override name = 'KvmRuleError';
+  readonly code = 'ERR_KVM_RULE';
+  constructor(
+    readonly rule: string,
+    message: string,
+    readonly details: Readonly<Record<string, unknown>>,
+    readonly kernelErrno: number,
+  ) {
+    super(`[${rule}] ${message}`);
+  }
+}
+
+export interface SlotRef {
+  slot: number;
+  asId: number;
+}
+
+export interface GfnRange {
+  start: number; // first gfn
+  end: number; // one past the last gfn
+}
+
+export function fmtGfns(r: GfnRange): string {
+  return `gfn [${hex(r.start)}, ${hex(r.end)})`;
+}
+
+export function fmtPages(r: GfnRange): string {
+  return `bytes [${hex(BigInt(r.start) * 4096n)}, ${hex(BigInt(r.end) * 4096n)})`;
+}
+
+/** The 1:1 rule, gfn side: a gfn belongs to at most one memslot per address space. */
+export class MemslotOverlapError extends KvmRuleError {
+  override name = 'MemslotOverlapError';
+  constructor(readonly slot: SlotRef, readonly gfns: GfnRange, readonly existing: SlotRef, readonly existingGfns: GfnRange) {
+    super(
+      'memslot-gfn-overlap',
+      `memslot ${slot.slot} (address space ${slot.asId}) at ${fmtGfns(gfns)} overlaps memslot ${existing.slot} at ${fmtGfns(existingGfns)}`,
+      { slot, gfns, existing, existingGfns },
+      17 /* EEXIST */,
+    );
+  }
+}
+
+/** The 1:1 rule, file side: a guest_memfd page is bound to at most one gfn. */
+export class GuestMemfdBindingOverlapError extends KvmRuleError {
+  override name = 'GuestMemfdBindingOverlapError';
+  constructor(
+    readonly slot: SlotRef, readonly gfns: GfnRange, readonly filePages: GfnRange,
+    readonly existing: SlotRef, readonly existingGfns: GfnRange, readonly existingFilePages: GfnRange,
+    kernelErrno: number,
+  ) {
+    super(
+      'guest-memfd-binding-overlap',
+      `memslot ${slot.slot} (address space ${slot.asId}, ${fmtGfns(gfns)}) would bind guest_memfd ${fmtPages(filePages)}, ` +
+        `which overlaps ${fmtPages(existingFilePages)} already bound to memslot ${existing.slot} (address space ${existing.asId}, ${fmtGfns(existingGfns)})`,
+      { slot, gfns, filePages, existing, existingGfns, existingFilePages },
+      kernelErrno,
+    );
+  }
+}
+
+/** A kernel feature this host or VM type does not offer. */
+export class MissingCapabilityError extends Error {
+  override name = 'MissingCapabilityError';
+  readonly code = 'ERR_KVM_MISSING_CAPABILITY';
+  constructor(readonly capability: string, readonly since: string, readonly what: string) {
+    super(`${what} needs ${capability} (Linux ${since}+), which this ${capability.startsWith('KVM_CAP') ? 'VM' : 'kernel'} does not offer`);
+  }
+}
+
+/** An operation on an object after close(). */
+export class ClosedError extends Error {
+  override name = 'ClosedError';
+  readonly code = 'ERR_KVM_CLOSED';
+  constructor(readonly object: string, readonly operation: string) {
+    super(`${object} is closed: cannot ${operation}`);
+  }
+}
+
+/** An address, size or offset that must be a multiple of the page size. */
+export class AlignmentError extends KvmRuleError {
+  override name = 'AlignmentError';
+  constructor(readonly field: string, readonly value: bigint, context: string) {
+    super('page-alignment', `${context}: ${field} ${hex(value)} is not a multiple of the page size (0x1000)`, { field, value }, 22);
+  }
+}
+
+/** start + size passes 2^64 (or the limit named). */
+export class RangeWrapError extends KvmRuleError {
+  override name = 'RangeWrapError';
+  constructor(readonly field: string, readonly start: bigint, readonly size: bigint, context: string) {
+    super('range-wraps', `${context}: ${field} ${hex(start)} + size ${hex(size)} wraps past 2^64`, { field, start, size }, 22);
+  }
+}
+
+/** Memslot flags the kernel refuses for this VM, or in this combination. */
+export class MemslotFlagsError extends KvmRuleError {
+  override name = 'MemslotFlagsError';
+  constructor(readonly flags: number, reason: string) {
+    super('memslot-flags', `memslot flags ${hex(flags)}: ${reason}`, { flags }, 22);
+  }
+}
+
+/** A slot id or address space outside what the VM has. */
+export class MemslotIdError extends KvmRuleError {
+  override name = 'MemslotIdError';
+  constructor(rule: 'slot-id-out-of-range' | 'address-space-out-of-range', message: string, details: Record<string, unknown>) {
+    super(rule, message, details, 22);
+  }
+}
+
+/** A change the kernel refuses for an existing memslot (or a missing one). */
+export class MemslotChangeError extends KvmRuleError {
+  override name = 'MemslotChangeError';
+  constructor(
+    rule: 'guest-memfd-memslot-immutable' | 'memslot-modify' | 'memslot-not-found' | 'memslot-in-use' | 'memslot-table-full',
+    message: string, details: Record<string, unknown>,
+  ) {
+    super(rule, message, details, 22);
+  }
+}
+
+/** A user address range the kernel refuses (beyond the user address space). */
+export class UserAddressError extends KvmRuleError {
+  override name = 'UserAddressError';
+  constructor(rule: 'userspace-address-range' | 'memslot-too-large', message: string, details: Record<string, unknown>) {
+    super(rule, message, details, 22);
+  }
+}
+
+/** A guest_memfd that cannot be created, bound or used as asked. */
+export class GuestMemfdRuleError extends KvmRuleError {
+  override name = 'GuestMemfdRuleError';
+  constructor(
+    rule: 'guest-memfd-bad-fd' | 'not-a-guest-memfd' | 'guest-memfd-of-another-vm' | 'guest-memfd-range' |
+      'guest-memfd-flags' | 'guest-memfd-size' | 'guest-memfd-not-mappable' | 'guest-memfd-memslots-unsupported',
+    message: string, details: Record<string, unknown>, kernelErrno = 22,
+  ) {
+    super(rule, message, details, kernelErrno);
+  }
+}
+
+/** A memory-attribute request the kernel refuses. */
+export class AttributeRuleError extends KvmRuleError {
+  override name = 'AttributeRuleError';
+  constructor(rule: 'memory-attributes-unsupported' | 'attribute-range-empty' | 'attribute-flags', message: string, details: Record<string, unknown>) {
+    super(rule, message, details, 22);
+  }
+}

@@ -1,0 +1,14 @@
+// kvm-gmem: typed access to KVM guest_memfd, memslots v2 and memory attributes.
+export { Kvm, type CreateVmOptions } from './kvm.js';
+export { Vm, type GuestMemfdOptions, type MemslotOptions } from './vm.js';
+export { GuestMemfd, type BoundRange } from './guest-memfd.js';
+export { Memslot, type MemslotBacking } from './memslot.js';
+export { Mapping } from './mapping.js';
+export { ConversionError, type ConversionOptions, type ConversionRecord, type DiscardStep, type GpaRange } from './conversion.js';
+export type { Capabilities } from './capabilities.js';
+export type { AttributeRange } from './attributes.js';
+export * from './errors.js';
+export {
+  Cap, CapSince, MemFlag, MemoryAttribute, GuestMemfdFlag, VmType, PAGE_SIZE, type CapName, type VmTypeName, type GuestMemfdFlagName,
+} from './uapi.js';
+export * as raw from './raw.js';

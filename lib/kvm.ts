@@ -1,0 +1,97 @@
+// /dev/kvm: the system-level entry point. Opens the device, checks the API
+// version, answers capability questions and creates VMs.
+import { readFileSync } from 'node:fs';
+import { type Capabilities, decodeCapabilities } from './capabilities.js';
+import { KvmError, MissingCapabilityError } from './errors.js';
+import { native } from './native.js';
+import { FdResource } from './resource.js';
+import { Cap, type CapName, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from './uapi.js';
+import { Vm, type VmParent } from './vm.js';
+
+export interface CreateVmOptions {
+  /** VM type; default 'default'. */
+  type?: VmTypeName;
+}
+
+// The kernel clears the la57 cpu flag when it runs with 4-level paging, so
+// the flag tells which user address space limit access_ok() applies.
+function taskSizeMax(): bigint {
+  try {
+    return /^flags\s*:.*\bla57\b/m.test(readFileSync('/proc/cpuinfo', 'utf8')) ? TASK_SIZE_MAX_5LEVEL : TASK_SIZE_MAX_4LEVEL;
+  } catch {
+    return TASK_SIZE_MAX_4LEVEL;
+  }
+}
+
+export class Kvm extends FdResource implements VmParent {
+  readonly path: string;
+  readonly apiVersion: number;
+  readonly taskSizeMax: bigint = taskSizeMax();
+  #caps: Capabilities | undefined;
+
+  private constructor(fd: number, path: string) {
+    super(fd, 'Kvm');
+    this.path = path;
+    try {
+      this.apiVersion = native.getApiVersion(fd);
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    if (this.apiVersion !== KVM_API_VERSION) {
+      this.close();
+      throw new Error(`${path}: KVM_GET_API_VERSION is ${this.apiVersion}, expected ${KVM_API_VERSION}`);
+    }
+  }
+
+  /** Opens the KVM device (O_RDWR|O_CLOEXEC) and checks KVM_GET_API_VERSION is 12. */
+  static open(path = '/dev/kvm'): Kvm {
+    let fd: number;
+    try {
+      fd = native.openDevice(path);
+    } catch (e) {
+      throw e instanceof KvmError ? e.withRequest({ path }) : e;
+    }
+    return new Kvm(fd, path);
+  }
+
+  /** KVM_CHECK_EXTENSION on /dev/kvm. Prefer Vm.checkExtension for per-VM answers. */
+  checkExtension(cap: number | CapName): number {
+    return native.checkExtension(this.use('check an extension'), typeof cap === 'number' ? cap : Cap[cap]);
+  }
+
+  /** @internal VmParent */
+  systemCheck(cap: number): number {
+    return this.checkExtension(cap);
+  }
+
+  /** System-wide capabilities (asked once). */
+  capabilities(): Capabilities {
+    this.use('read capabilities');
+    this.#caps ??= decodeCapabilities((c) => this.checkExtension(c));
+    return this.#caps;
+  }
+
+  /** KVM_CREATE_VM. The VM's fd is close-on-exec and owned by the result. */
+  createVm(options: CreateVmOptions = {}): Vm {
+    const fd = this.use('create a VM');
+    const type = options.type ?? 'default';
+    const bits = VmType[type];
+    if (bits === undefined) throw new TypeError(`createVm: unknown VM type '${String(type)}' (known: ${Object.keys(VmType).join(', ')})`);
+    if (type !== 'default' && !this.capabilities().vmTypes.includes(type)) {
+      throw new MissingCapabilityError('KVM_CAP_VM_TYPES', CapSince.VM_TYPES, `a '${type}' VM (this kernel offers: ${this.capabilities().vmTypes.join(', ')})`);
+    }
+    let vmFd: number;
+    try {
+      vmFd = native.createVm(fd, bits);
+    } catch (e) {
+      throw e instanceof KvmError ? e.withRequest({ type: bits }, e.errno === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []) : e;
+    }
+    return new Vm(vmFd, type, this);
+  }
+
+  /** KVM_GET_VCPU_MMAP_SIZE: size of each vCPU's kvm_run area. */
+  vcpuMmapSize(): number {
+    return native.getVcpuMmapSize(this.use('read the vCPU mmap size'));
+  }
+}

@@ -1,0 +1,199 @@
+// The kernel's rules for KVM_SET_USER_MEMORY_REGION2, checked in the order
+// kvm_main.c checks them (kvm_vm_ioctl_set_memory_region ->
+// kvm_set_memory_region -> kvm_gmem_bind -> kvm_arch_prepare_memory_region),
+// so the first rule broken here is the one the kernel would have hit and
+// kernelErrno matches its answer. judge() never changes the table; apply()
+// does, once the kernel has accepted.
+import {
+  AlignmentError, GuestMemfdBindingOverlapError, GuestMemfdRuleError, hex, MemslotChangeError, MemslotFlagsError,
+  MemslotIdError, MemslotOverlapError, RangeWrapError, UserAddressError,
+} from './errors.js';
+import { type GuestMemfdInfo, type MemslotTable, type SlotEntry } from './memslot-table.js';
+import { KVM_MEM_MAX_NR_PAGES, MEM_FLAGS_KNOWN, MemFlag, PAGE_SHIFT, U64_MAX } from './uapi.js';
+
+/** What the VM allows, read from its capabilities once. */
+export interface MemslotLimits {
+  /** Identity of this VM (GuestMemfdInfo.vmId of its own files). */
+  vmId: number;
+  /** KVM_CAP_NR_MEMSLOTS: user slot ids are 0..nrMemslots-1. */
+  nrMemslots: number;
+  /** KVM_CAP_MULTI_ADDRESS_SPACE on the VM (at least 1). */
+  addressSpaces: number;
+  /** Whether this VM accepts KVM_MEM_GUEST_MEMFD (KVM_CAP_GUEST_MEMFD on the VM fd). */
+  guestMemfd: boolean;
+  /** KVM_CAP_READONLY_MEM on the VM fd. */
+  readonlyMem: boolean;
+  /** End of the user address space (TASK_SIZE_MAX). */
+  taskSizeMax: bigint;
+  /** errno for a file range already bound (EINVAL on mainline; EEXIST on some trees). */
+  bindingOverlapErrno: number;
+}
+
+/** The guest_memfd field as the kernel will resolve it. */
+export type GuestMemfdTarget =
+  | { kind: 'guest-memfd'; info: GuestMemfdInfo }
+  | { kind: 'not-guest-memfd'; fd: number }
+  | { kind: 'bad-fd'; fd: number };
+
+export interface RegionRequest {
+  /** Raw slot field: address space << 16 | slot id. */
+  slot: number;
+  flags: number;
+  gpa: bigint;
+  size: bigint;
+  userspaceAddr: bigint;
+  guestMemfdOffset: bigint;
+  /** Only consulted when flags has KVM_MEM_GUEST_MEMFD. */
+  guestMemfd: GuestMemfdTarget | null;
+}
+
+export type Change =
+  | { kind: 'create'; entry: SlotEntry }
+  | { kind: 'delete'; old: SlotEntry }
+  | { kind: 'move'; old: SlotEntry; baseGfn: number; flags: number }
+  | { kind: 'flags'; old: SlotEntry; flags: number }
+  | { kind: 'none'; old: SlotEntry };
+
+const PAGE_MASK = 0xfffn;
+
+function slotName(asId: number, id: number): string {
+  return `memslot ${id} (address space ${asId})`;
+}
+
+function checkFlags(l: MemslotLimits, flags: number): void {
+  if ((flags & ~MEM_FLAGS_KNOWN) !== 0) throw new MemslotFlagsError(flags, `unknown bits ${hex(flags & ~MEM_FLAGS_KNOWN)}`);
+  const gmem = (flags & MemFlag.GUEST_MEMFD) !== 0;
+  if (gmem && !l.guestMemfd) {
+    throw new MemslotFlagsError(flags, 'KVM_MEM_GUEST_MEMFD is not accepted by this VM (KVM_CAP_GUEST_MEMFD is 0 on the VM fd; before 6.18 only private-memory VM types take it)');
+  }
+  if (gmem && (flags & MemFlag.LOG_DIRTY_PAGES)) throw new MemslotFlagsError(flags, 'KVM_MEM_LOG_DIRTY_PAGES cannot be combined with KVM_MEM_GUEST_MEMFD (no dirty logging of private memory)');
+  if (flags & MemFlag.READONLY) {
+    if (gmem) throw new MemslotFlagsError(flags, 'KVM_MEM_READONLY cannot be combined with KVM_MEM_GUEST_MEMFD');
+    if (!l.readonlyMem) throw new MemslotFlagsError(flags, 'KVM_MEM_READONLY is not supported by this VM (KVM_CAP_READONLY_MEM is 0)');
+  }
+}
+
+function checkGeneral(l: MemslotLimits, r: RegionRequest, asId: number, id: number): void {
+  const ctx = slotName(asId, id);
+  if (r.size & PAGE_MASK) throw new AlignmentError('memory_size', r.size, ctx);
+  if (r.gpa & PAGE_MASK) throw new AlignmentError('guest_phys_addr', r.gpa, ctx);
+  if (r.userspaceAddr & PAGE_MASK) throw new AlignmentError('userspace_addr', r.userspaceAddr, ctx);
+  const uend = r.userspaceAddr + r.size;
+  if (uend > U64_MAX || uend > l.taskSizeMax) {
+    throw new UserAddressError('userspace-address-range',
+      `${ctx}: userspace_addr ${hex(r.userspaceAddr)} + size ${hex(r.size)} ends beyond the user address space (${hex(l.taskSizeMax)})`,
+      { userspaceAddr: r.userspaceAddr, size: r.size, limit: l.taskSizeMax });
+  }
+  if (r.flags & MemFlag.GUEST_MEMFD) {
+    if (r.guestMemfdOffset & PAGE_MASK) throw new AlignmentError('guest_memfd_offset', r.guestMemfdOffset, ctx);
+    if (r.guestMemfdOffset + r.size > U64_MAX) throw new RangeWrapError('guest_memfd_offset', r.guestMemfdOffset, r.size, ctx);
+  }
+  if (asId >= l.addressSpaces) {
+    throw new MemslotIdError('address-space-out-of-range',
+      `${ctx}: address space ${asId} does not exist; this VM has ${l.addressSpaces} (KVM_CAP_MULTI_ADDRESS_SPACE)`, { asId, addressSpaces: l.addressSpaces });
+  }
+  if (r.gpa + r.size > U64_MAX) throw new RangeWrapError('guest_phys_addr', r.gpa, r.size, ctx);
+  if (r.size >> BigInt(PAGE_SHIFT) > BigInt(KVM_MEM_MAX_NR_PAGES)) {
+    throw new UserAddressError('memslot-too-large', `${ctx}: size ${hex(r.size)} exceeds KVM_MEM_MAX_NR_PAGES (2^31 - 1 pages)`, { size: r.size });
+  }
+}
+
+function checkModify(r: RegionRequest, old: SlotEntry, npages: number, baseGfn: number): Change {
+  const ctx = slotName(old.asId, old.id);
+  if ((r.flags & MemFlag.GUEST_MEMFD) || old.gmem !== null || (old.flags & MemFlag.GUEST_MEMFD)) {
+    throw new MemslotChangeError('guest-memfd-memslot-immutable',
+      `${ctx} is a guest_memfd memslot (or would become one): it cannot be moved or changed, only deleted`, { slot: old.id, asId: old.asId });
+  }
+  if (r.userspaceAddr !== old.userspaceAddr || npages !== old.npages || ((r.flags ^ old.flags) & MemFlag.READONLY)) {
+    throw new MemslotChangeError('memslot-modify',
+      `${ctx} exists: a change may move it or toggle dirty logging, but not change its size (${old.npages} -> ${npages} pages), ` +
+        `userspace_addr (${hex(old.userspaceAddr)} -> ${hex(r.userspaceAddr)}) or KVM_MEM_READONLY`,
+      { slot: old.id, asId: old.asId });
+  }
+  if (baseGfn !== old.baseGfn) return { kind: 'move', old, baseGfn, flags: r.flags };
+  if (r.flags !== old.flags) return { kind: 'flags', old, flags: r.flags };
+  return { kind: 'none', old };
+}
+
+function checkBinding(l: MemslotLimits, r: RegionRequest, asId: number, id: number, baseGfn: number, npages: number): GuestMemfdInfo {
+  const ctx = slotName(asId, id);
+  const t = r.guestMemfd;
+  if (t === null || t.kind === 'bad-fd') {
+    throw new GuestMemfdRuleError('guest-memfd-bad-fd', `${ctx}: guest_memfd ${t?.fd ?? '(none)'} is not an open file descriptor`, { fd: t?.fd }, 9 /* EBADF */);
+  }
+  if (t.kind === 'not-guest-memfd') throw new GuestMemfdRuleError('not-a-guest-memfd', `${ctx}: fd ${t.fd} is not a guest_memfd`, { fd: t.fd });
+  const g = t.info;
+  if (g.vmId !== l.vmId) throw new GuestMemfdRuleError('guest-memfd-of-another-vm', `${ctx}: ${g.label} belongs to another VM`, { guestMemfd: g.label });
+  const end = r.guestMemfdOffset + r.size;
+  if (r.guestMemfdOffset >= 1n << 63n || end > BigInt(g.size)) {
+    throw new GuestMemfdRuleError('guest-memfd-range',
+      `${ctx}: guest_memfd_offset ${hex(r.guestMemfdOffset)} + size ${hex(r.size)} ends beyond the end of ${g.label} (size ${hex(g.size)})`,
+      { offset: r.guestMemfdOffset, size: r.size, fileSize: g.size });
+  }
+  const pgoff = Number(r.guestMemfdOffset >> BigInt(PAGE_SHIFT));
+  const hit = g.bindings.firstOverlap(pgoff, pgoff + npages);
+  if (hit !== undefined) {
+    const o = hit.value;
+    throw new GuestMemfdBindingOverlapError(
+      { slot: id, asId }, { start: baseGfn, end: baseGfn + npages }, { start: pgoff, end: pgoff + npages },
+      { slot: o.id, asId: o.asId }, { start: o.baseGfn, end: o.baseGfn + o.npages }, { start: hit.start, end: hit.end },
+      l.bindingOverlapErrno);
+  }
+  return g;
+}
+
+/**
+ * Judges one KVM_SET_USER_MEMORY_REGION2 request against the table: returns
+ * the change the kernel would make, or throws the rule it would break.
+ */
+export function judge(l: MemslotLimits, table: MemslotTable, r: RegionRequest): Change {
+  const asId = r.slot >>> 16;
+  const id = r.slot & 0xffff;
+  if (id >= l.nrMemslots) {
+    throw new MemslotIdError('slot-id-out-of-range', `memslot id ${id} is out of range: this VM has ids 0..${l.nrMemslots - 1} (KVM_CAP_NR_MEMSLOTS)`, { id, nrMemslots: l.nrMemslots });
+  }
+  checkFlags(l, r.flags);
+  checkGeneral(l, r, asId, id);
+  const old = table.get(asId, id);
+  if (r.size === 0n) {
+    if (old === undefined) throw new MemslotChangeError('memslot-not-found', `${slotName(asId, id)} does not exist, so it cannot be deleted`, { slot: id, asId });
+    return { kind: 'delete', old };
+  }
+  const baseGfn = Number(r.gpa >> BigInt(PAGE_SHIFT));
+  const npages = Number(r.size >> BigInt(PAGE_SHIFT));
+  let change: Change;
+  if (old !== undefined) {
+    change = checkModify(r, old, npages, baseGfn);
+    if (change.kind !== 'move') return change;
+  }
+  const hit = table.gfnIndex(asId).firstOverlap(baseGfn, baseGfn + npages);
+  if (hit !== undefined && hit.value.id !== id) {
+    throw new MemslotOverlapError({ slot: id, asId }, { start: baseGfn, end: baseGfn + npages }, { slot: hit.value.id, asId }, { start: hit.start, end: hit.end });
+  }
+  if (old !== undefined) return { kind: 'move', old, baseGfn, flags: r.flags };
+  const gmem = r.flags & MemFlag.GUEST_MEMFD ? checkBinding(l, r, asId, id, baseGfn, npages) : null;
+  const entry: SlotEntry = {
+    asId, id, flags: r.flags, baseGfn, npages, userspaceAddr: r.userspaceAddr, gmem,
+    gmemPgoff: gmem === null ? 0 : Number(r.guestMemfdOffset >> BigInt(PAGE_SHIFT)),
+  };
+  return { kind: 'create', entry };
+}
+
+/** Records a change the kernel accepted. */
+export function apply(table: MemslotTable, c: Change): void {
+  switch (c.kind) {
+    case 'create': table.add(c.entry); break;
+    case 'delete': table.remove(c.old); break;
+    case 'move': table.modify(c.old, c.baseGfn, c.flags); break;
+    case 'flags': table.modify(c.old, c.old.baseGfn, c.flags); break;
+    case 'none': break;
+  }
+}
+
+/** Kernel rules this package cannot check, listed when the kernel still says EINVAL. */
+export const unexplainedMemslotEinval = [
+  'the gpa range ends beyond the largest gfn this host maps (kvm_mmu_max_gfn: the host MAXPHYADDR under TDP, 52 bits under shadow paging)',
+  'the guest_memfd was closed, or the fd number now names a different file, between the check and the ioctl',
+  'a memslot move while an external page tracker (KVMGT) is attached',
+  'an arch-specific refusal (TDX aliases, protected-state VMs refusing KVM_MEM_READONLY)',
+];

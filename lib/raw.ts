@@ -1,0 +1,87 @@
+// The unchecked layer: each ioctl exactly as the kernel takes it, like the
+// selftests' __vm_set_user_memory_region2(). Nothing is judged here, so a
+// test can send a bad request on purpose and see the kernel's errno; the
+// arguments are still type-checked by the addon, so misuse cannot crash the
+// process. Errors are KvmError with every field that was sent.
+import { KvmError } from './errors.js';
+import { type FstatResult, native, type U64 } from './native.js';
+import { FdResource } from './resource.js';
+
+type FdLike = number | { readonly fd: number };
+
+function fdOf(f: FdLike): number {
+  return typeof f === 'number' ? f : f.fd;
+}
+
+function call<T>(request: Record<string, unknown>, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw e instanceof KvmError ? e.withRequest(request) : e;
+  }
+}
+
+export interface RawRegion {
+  slot: number;
+  flags: number;
+  guestPhysAddr: U64;
+  memorySize: U64;
+  userspaceAddr: U64;
+  guestMemfdOffset: U64;
+  guestMemfd: number;
+}
+
+/** An fd returned by a raw create call; closes on close()/dispose. */
+export class RawFd extends FdResource {
+  constructor(fd: number) {
+    super(fd, 'RawFd');
+  }
+}
+
+export function setUserMemoryRegion2(vm: FdLike, r: RawRegion): void {
+  const fd = fdOf(vm);
+  call({ slot: r.slot, flags: r.flags, guest_phys_addr: r.guestPhysAddr, memory_size: r.memorySize, userspace_addr: r.userspaceAddr, guest_memfd_offset: r.guestMemfdOffset, guest_memfd: r.guestMemfd },
+    () => native.setUserMemoryRegion2(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr, r.guestMemfdOffset, r.guestMemfd));
+}
+
+export function setMemoryAttributes(vm: FdLike, a: { address: U64; size: U64; attributes: U64; flags?: U64 }): void {
+  const fd = fdOf(vm);
+  const flags = a.flags ?? 0;
+  call({ address: a.address, size: a.size, attributes: a.attributes, flags }, () => native.setMemoryAttributes(fd, a.address, a.size, a.attributes, flags));
+}
+
+export function createGuestMemfd(vm: FdLike, c: { size: U64; flags?: U64 }): RawFd {
+  const fd = fdOf(vm);
+  const flags = c.flags ?? 0;
+  return new RawFd(call({ size: c.size, flags }, () => native.createGuestMemfd(fd, c.size, flags)));
+}
+
+export function createVm(kvm: FdLike, type: number): RawFd {
+  const fd = fdOf(kvm);
+  return new RawFd(call({ type }, () => native.createVm(fd, type)));
+}
+
+export function checkExtension(f: FdLike, cap: number): number {
+  const fd = fdOf(f);
+  return call({ cap }, () => native.checkExtension(fd, cap));
+}
+
+export function enableCap(f: FdLike, cap: number, args: U64[] = [], flags = 0): void {
+  const fd = fdOf(f);
+  call({ cap, flags, args: args.join(',') }, () => native.enableCap(fd, cap, flags, args));
+}
+
+export function fallocate(f: FdLike, mode: number, offset: U64, length: U64): void {
+  const fd = fdOf(f);
+  call({ fd, mode, offset, length }, () => native.fallocate(fd, mode, offset, length));
+}
+
+export function fstat(f: FdLike): FstatResult {
+  const fd = fdOf(f);
+  return call({ fd }, () => native.fstat(fd));
+}
+
+/** Whether FD_CLOEXEC is set on `fd`. */
+export function isCloexec(f: FdLike): boolean {
+  return native.fdCloexec(fdOf(f));
+}

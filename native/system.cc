@@ -1,0 +1,120 @@
+// /dev/kvm: the system-level KVM interface.
+// Implements open(2)/close(2) of KVM fds and the system ioctls
+// KVM_GET_API_VERSION, KVM_CHECK_EXTENSION (also valid on a VM fd),
+// KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE and KVM_GET_SUPPORTED_CPUID
+// (Documentation/virt/kvm/api.rst, section 4). One function per syscall;
+// policy lives in lib/kvm.ts.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <vector>
+
+#include "addon.h"
+#include "uapi.h"
+
+namespace kvmgmem {
+
+// openDevice(path) -> fd, opened O_RDWR|O_CLOEXEC.
+static Napi::Value OpenDevice(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "openDevice");
+  if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "openDevice: argument 'path' must be a string");
+  std::string path = info[0].As<Napi::String>();
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "open");
+  TrackFd(info.Env(), fd);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// close(fd). The caller has already forgotten the fd, so a failure here
+// (EBADF means a bookkeeping bug) is reported but never retried.
+static void Close(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "close");
+  int fd = FdArg(info, 0, "close", "fd");
+  UntrackFd(info.Env(), fd);
+  if (close(fd) < 0 && errno != EINTR) ThrowErrno(info.Env(), errno, "close");
+}
+
+// ioctl(fd, req, 0) returning the kernel's non-negative int result.
+static int IoctlInt(Napi::Env env, int fd, unsigned long req, unsigned long arg, const char* name) {
+  int r = ioctl(fd, req, arg);
+  if (r < 0) ThrowErrno(env, errno, name);
+  return r;
+}
+
+static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "getApiVersion");
+  int fd = FdArg(info, 0, "getApiVersion", "fd");
+  return Napi::Number::New(info.Env(), IoctlInt(info.Env(), fd, KVM_GET_API_VERSION, 0, "ioctl(KVM_GET_API_VERSION)"));
+}
+
+// checkExtension(fd, cap) -> int. Valid on /dev/kvm and on a VM fd; the VM
+// answer is the one that counts for VM types other than the default.
+static Napi::Value CheckExtension(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "checkExtension");
+  int fd = FdArg(info, 0, "checkExtension", "fd");
+  uint32_t cap = U32Arg(info, 1, "checkExtension", "cap");
+  int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+  if (r < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_CHECK_EXTENSION)");
+  return Napi::Number::New(info.Env(), r);
+}
+
+// createVm(fd, type) -> VM fd. The kernel installs it with O_CLOEXEC.
+static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "createVm");
+  int fd = FdArg(info, 0, "createVm", "fd");
+  uint32_t type = U32Arg(info, 1, "createVm", "type");
+  int vm = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
+  if (vm < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_CREATE_VM)");
+  TrackFd(info.Env(), vm);
+  return Napi::Number::New(info.Env(), vm);
+}
+
+static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "getVcpuMmapSize");
+  int fd = FdArg(info, 0, "getVcpuMmapSize", "fd");
+  return Napi::Number::New(info.Env(),
+                           IoctlInt(info.Env(), fd, KVM_GET_VCPU_MMAP_SIZE, 0, "ioctl(KVM_GET_VCPU_MMAP_SIZE)"));
+}
+
+// getSupportedCpuid(fd) -> Buffer of struct kvm_cpuid_entry2[] (40 bytes
+// each). Retries with a larger array on E2BIG, as QEMU does.
+static Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "getSupportedCpuid");
+  int fd = FdArg(info, 0, "getSupportedCpuid", "fd");
+  for (uint32_t n = 64; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    c->nent = n;
+    if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+      return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<uint8_t*>(c->entries),
+                                         c->nent * sizeof(kvm_cpuid_entry2));
+    }
+    if (errno != E2BIG) ThrowErrno(info.Env(), errno, "ioctl(KVM_GET_SUPPORTED_CPUID)");
+  }
+  ThrowErrno(info.Env(), E2BIG, "ioctl(KVM_GET_SUPPORTED_CPUID)");
+}
+
+// fdCloexec(fd) -> whether FD_CLOEXEC is set; lets tests check every fd.
+static Napi::Value FdCloexec(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "fdCloexec");
+  int fd = FdArg(info, 0, "fdCloexec", "fd");
+  int f = fcntl(fd, F_GETFD);
+  if (f < 0) ThrowErrno(info.Env(), errno, "fcntl(F_GETFD)");
+  return Napi::Boolean::New(info.Env(), (f & FD_CLOEXEC) != 0);
+}
+
+void InitSystem(Napi::Env env, Napi::Object exports) {
+  exports.Set("openDevice", Napi::Function::New(env, OpenDevice, "openDevice"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
+  exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
+  exports.Set("createVm", Napi::Function::New(env, CreateVm, "createVm"));
+  exports.Set("getVcpuMmapSize", Napi::Function::New(env, GetVcpuMmapSize, "getVcpuMmapSize"));
+  exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
+  exports.Set("fdCloexec", Napi::Function::New(env, FdCloexec, "fdCloexec"));
+}
+
+}  // namespace kvmgmem
