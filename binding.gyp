@@ -7,7 +7,8 @@
         "native/system.cc",
         "native/vm.cc",
         "native/guest_memfd.cc",
-        "native/mmap.cc"
+        "native/mmap.cc",
+        "native/vcpu.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -12,3 +12,6 @@ export {
   Cap, CapSince, MemFlag, MemoryAttribute, GuestMemfdFlag, VmType, PAGE_SIZE, type CapName, type VmTypeName, type GuestMemfdFlagName,
 } from './uapi.js';
 export * as raw from './raw.js';
+export { Vcpu, type RunOptions } from './vcpu.js';
+export { ExitReason, type VcpuExit, type IoExit, type MmioExit, type HypercallExit, type MemoryFaultExit } from './vcpu-exit.js';
+export type { Regs, Sregs, Segment, CpuidEntry, DescriptorTable } from './x86/regs.js';

@@ -7,6 +7,7 @@ import { native } from './native.js';
 import { FdResource } from './resource.js';
 import { Cap, type CapName, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from './uapi.js';
 import { Vm, type VmParent } from './vm.js';
+import { type CpuidEntry, decodeCpuid } from './x86/regs.js';
 
 export interface CreateVmOptions {
   /** VM type; default 'default'. */
@@ -28,6 +29,8 @@ export class Kvm extends FdResource implements VmParent {
   readonly apiVersion: number;
   readonly taskSizeMax: bigint = taskSizeMax();
   #caps: Capabilities | undefined;
+  #mmapSize: number | undefined;
+  #cpuid: CpuidEntry[] | undefined;
 
   private constructor(fd: number, path: string) {
     super(fd, 'Kvm');
@@ -90,8 +93,15 @@ export class Kvm extends FdResource implements VmParent {
     return new Vm(vmFd, type, this);
   }
 
-  /** KVM_GET_VCPU_MMAP_SIZE: size of each vCPU's kvm_run area. */
+  /** KVM_GET_VCPU_MMAP_SIZE: size of each vCPU's kvm_run area (asked once). */
   vcpuMmapSize(): number {
-    return native.getVcpuMmapSize(this.use('read the vCPU mmap size'));
+    this.#mmapSize ??= native.getVcpuMmapSize(this.use('read the vCPU mmap size'));
+    return this.#mmapSize;
+  }
+
+  /** KVM_GET_SUPPORTED_CPUID: the CPUID a vCPU can be given (asked once). */
+  supportedCpuid(): CpuidEntry[] {
+    this.#cpuid ??= decodeCpuid(native.getSupportedCpuid(this.use('read supported CPUID')));
+    return this.#cpuid.map((e) => ({ ...e }));
   }
 }

@@ -46,6 +46,20 @@ export interface NativeBinding {
   mmap(fd: number, length: U64, prot: number, flags: number, offset: U64): NativeMapping;
   munmap(buffer: ArrayBuffer): void;
   madvise(buffer: ArrayBuffer, offset: U64, length: U64, advice: number): void;
+  // vcpu.cc
+  createVcpu(vmFd: number, id: number): number;
+  /** 0, or -EINTR / -EFAULT / -EHWPOISON for exits reported as failures. */
+  runSync(vcpuFd: number, run: ArrayBuffer, timeoutMs: number): number;
+  runnerCreate(vcpuFd: number, run: ArrayBuffer): unknown;
+  runnerRun(runner: unknown): Promise<number>;
+  runnerKick(runner: unknown): void;
+  runnerDestroy(runner: unknown): void;
+  getRegs(vcpuFd: number, out: Uint8Array): void;
+  setRegs(vcpuFd: number, regs: Uint8Array): void;
+  getSregs(vcpuFd: number, out: Uint8Array): void;
+  setSregs(vcpuFd: number, sregs: Uint8Array): void;
+  setCpuid2(vcpuFd: number, entries: Uint8Array): void;
+  preFaultMemory(vcpuFd: number, gpa: U64, size: U64, flags: U64): { gpa: U64; size: U64 };
 }
 
 // The package root is the nearest folder above this file with a

@@ -15,6 +15,7 @@ import { apply, type Change, judge, type MemslotLimits, type RegionRequest, unex
 import { MemslotTable, type SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
+import { Vcpu } from './vcpu.js';
 import { toU32, toU64, type U64Input } from './util/args.js';
 import {
   Cap, type CapName, CapSince, errno, type GuestMemfdFlagName, guestMemfdFlagBits, guestMemfdFlagSince, MemFlag,
@@ -47,6 +48,8 @@ export interface MemslotOptions {
 /** What the VM needs from the Kvm that created it. */
 export interface VmParent {
   readonly taskSizeMax: bigint;
+  /** KVM_GET_VCPU_MMAP_SIZE. */
+  vcpuMmapSize(): number;
   /** KVM_CHECK_EXTENSION on /dev/kvm. */
   systemCheck(cap: number): number;
 }
@@ -61,6 +64,7 @@ export class Vm extends FdResource implements MemslotOwner {
   readonly #guestMemfds = new Set<GuestMemfd>();
   readonly #children = new Set<Disposable>();
   #caps: Capabilities | undefined;
+  #vcpuCount = 0;
   #limits: MemslotLimits | undefined;
 
   /** @internal Use Kvm.createVm(). */
@@ -364,6 +368,22 @@ export class Vm extends FdResource implements MemslotOwner {
   convert(range: GpaRange, to: 'private' | 'shared', options: ConversionOptions = {}): ConversionRecord {
     this.use('convert memory');
     return convert(this, range, to, options);
+  }
+
+  // ---- vCPUs -------------------------------------------------------------
+
+  /** KVM_CREATE_VCPU with its kvm_run page mapped; closed with the VM. */
+  createVcpu(id = this.#vcpuCount): Vcpu {
+    const fd = this.use('create a vCPU');
+    toU32(id, 'createVcpu: id');
+    let vfd: number;
+    try {
+      vfd = native.createVcpu(fd, id);
+    } catch (e) {
+      throw e instanceof KvmError ? e.withRequest({ id }, e.errno === errno.EEXIST ? [`vCPU ${id} already exists`] : []) : e;
+    }
+    this.#vcpuCount = Math.max(this.#vcpuCount, id + 1);
+    return new Vcpu(vfd, id, this, this.parent.vcpuMmapSize());
   }
 
   // ---- other VM ioctls -----------------------------------------------------

@@ -99,6 +99,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVm(env, exports);
   InitGuestMemfd(env, exports);
   InitMmap(env, exports);
+  InitVcpu(env, exports);
   return exports;
 }
 

@@ -52,5 +52,6 @@ void InitSystem(Napi::Env env, Napi::Object exports);
 void InitVm(Napi::Env env, Napi::Object exports);
 void InitGuestMemfd(Napi::Env env, Napi::Object exports);
 void InitMmap(Napi::Env env, Napi::Object exports);
+void InitVcpu(Napi::Env env, Napi::Object exports);
 
 }  // namespace kvmgmem

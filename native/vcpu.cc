@@ -1,0 +1,312 @@
+// A KVM vCPU fd: KVM_CREATE_VCPU, KVM_RUN, KVM_GET/SET_REGS,
+// KVM_GET/SET_SREGS, KVM_SET_CPUID2 and KVM_PRE_FAULT_MEMORY
+// (Documentation/virt/kvm/api.rst 4.7, 4.10-4.14, 4.73, 4.143).
+//
+// KVM_RUN runs either on the calling thread (runSync) or on a thread owned
+// by the vCPU (runner*), so the event loop keeps turning while the guest
+// runs. One thread per vCPU, not the libuv pool: KVM calls synchronize_rcu()
+// whenever a different thread runs a vCPU, which would cost milliseconds.
+//
+// Kicking a vCPU out of the guest follows QEMU: a signal (SIG_KICK, no
+// SA_RESTART) is sent to the thread in KVM_RUN and its handler sets
+// kvm_run->immediate_exit, so a kick that lands just before the ioctl is not
+// lost: KVM_RUN returns EINTR at once.
+#include <pthread.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "addon.h"
+#include "uapi.h"
+
+namespace kvmgmem {
+
+static thread_local kvm_run* tls_run = nullptr;
+static int SigKick() { return SIGRTMIN + 4; }
+
+static void OnKick(int) {
+  kvm_run* r = tls_run;
+  if (r != nullptr) __atomic_store_n(&r->immediate_exit, 1, __ATOMIC_SEQ_CST);
+}
+
+static void InstallKickHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_handler = OnKick;  // no SA_RESTART: KVM_RUN must return EINTR
+    sigemptyset(&sa.sa_mask);
+    sigaction(SigKick(), &sa, nullptr);
+  });
+}
+
+// ioctl(KVM_RUN) on `run`'s vCPU. Returns 0, or -errno for the two failures
+// that are exits rather than errors: EINTR (exit_reason KVM_EXIT_INTR) and
+// EFAULT/EHWPOISON with KVM_EXIT_MEMORY_FAULT. Any other failure: errno > 0
+// in *err and the result is 1.
+static int DoRun(int fd, kvm_run* run, int* err) {
+  tls_run = run;
+  int r = ioctl(fd, KVM_RUN, 0);
+  int e = errno;
+  tls_run = nullptr;
+  __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+  if (r == 0) return 0;
+  if (e == EINTR) return -EINTR;
+  if ((e == EFAULT || e == EHWPOISON) && run->exit_reason == 39 /* KVM_EXIT_MEMORY_FAULT */) return -e;
+  *err = e;
+  return 1;
+}
+
+static kvm_run* RunArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (!info[i].IsArrayBuffer()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected the kvm_run ArrayBuffer");
+  Napi::ArrayBuffer ab = info[i].As<Napi::ArrayBuffer>();
+  if (ab.Data() == nullptr || ab.ByteLength() < sizeof(kvm_run))
+    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": the kvm_run mapping is unmapped or too small");
+  return static_cast<kvm_run*>(ab.Data());
+}
+
+// createVcpu(vmFd, id) -> vCPU fd (the kernel installs it O_CLOEXEC).
+static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "createVcpu");
+  int vm = FdArg(info, 0, "createVcpu", "vmFd");
+  uint32_t id = U32Arg(info, 1, "createVcpu", "id");
+  int fd = ioctl(vm, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (fd < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_CREATE_VCPU)");
+  TrackFd(info.Env(), fd);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// runSync(vcpuFd, runBuffer, timeoutMs) -> 0 | -EINTR | -EFAULT | -EHWPOISON.
+// timeoutMs > 0 arms a one-shot timer that kicks this thread.
+static Napi::Value RunSync(const Napi::CallbackInfo& info) {
+  const char* fn = "runSync";
+  ExpectArgs(info, 3, fn);
+  int fd = FdArg(info, 0, fn, "vcpuFd");
+  kvm_run* run = RunArg(info, 1, fn);
+  uint32_t timeoutMs = U32Arg(info, 2, fn, "timeoutMs");
+  timer_t timer{};
+  if (timeoutMs > 0) {
+    InstallKickHandler();
+    sigevent sev;
+    std::memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SigKick();
+    sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) ThrowErrno(info.Env(), errno, "timer_create");
+    itimerspec its{};
+    its.it_value.tv_sec = timeoutMs / 1000;
+    its.it_value.tv_nsec = (timeoutMs % 1000) * 1000000L;
+    timer_settime(timer, 0, &its, nullptr);
+  }
+  int err = 0;
+  int r = DoRun(fd, run, &err);
+  if (timeoutMs > 0) timer_delete(timer);
+  if (r == 1) ThrowErrno(info.Env(), err, "ioctl(KVM_RUN)");
+  return Napi::Number::New(info.Env(), r);
+}
+
+// A thread that runs KVM_RUN for one vCPU on request.
+struct Runner {
+  int fd;
+  kvm_run* run;
+  Napi::ObjectReference runBuffer;  // keeps the kvm_run mapping alive
+  Napi::ThreadSafeFunction done;
+  std::thread thread;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool pending = false;  // a run was requested
+  bool stop = false;
+  std::atomic<bool> inFlight{false};
+  std::vector<Napi::Promise::Deferred> waiters;
+
+  void Loop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return pending || stop; });
+        if (stop) return;
+        pending = false;
+      }
+      int err = 0;
+      int r = DoRun(fd, run, &err);
+      inFlight.store(false);
+      auto* result = new std::pair<int, int>(r, err);
+      done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
+        int rr = res->first, ee = res->second;
+        delete res;
+        Napi::Promise::Deferred d = waiters.front();
+        waiters.erase(waiters.begin());
+        done.Unref(env);
+        if (rr == 1) {
+          AddonData& data = Data(env);
+          Napi::Value e = data.errorFactory.Call({Napi::Number::New(env, ee), Napi::String::New(env, "ioctl(KVM_RUN)")});
+          d.Reject(e);
+        } else {
+          d.Resolve(Napi::Number::New(env, rr));
+        }
+      });
+    }
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      stop = true;
+    }
+    cv.notify_one();
+    if (inFlight.load()) Kick();
+    if (thread.joinable()) thread.join();
+  }
+
+  void Kick() {
+    __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (thread.joinable()) pthread_kill(thread.native_handle(), SigKick());
+  }
+};
+
+// The External's finalizer stops the thread and releases the thread-safe
+// function; the Runner itself is freed by that function's finalizer, which
+// runs only after every queued completion has been delivered.
+static void FinalizeRunner(Napi::Env, Runner* r) {
+  r->Stop();
+  r->done.Release();
+}
+
+static void DeleteRunner(Napi::Env, void*, Runner* r) { delete r; }
+
+// runnerCreate(vcpuFd, runBuffer) -> handle
+static Napi::Value RunnerCreate(const Napi::CallbackInfo& info) {
+  const char* fn = "runnerCreate";
+  ExpectArgs(info, 2, fn);
+  Napi::Env env = info.Env();
+  InstallKickHandler();
+  auto* r = new Runner();
+  r->fd = FdArg(info, 0, fn, "vcpuFd");
+  r->run = RunArg(info, 1, fn);
+  r->runBuffer = Napi::Persistent(info[1].As<Napi::Object>());
+  r->done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "kvm-gmem vcpu", 0, 1,
+                                          r, DeleteRunner, static_cast<void*>(nullptr));
+  r->done.Unref(env);
+  r->thread = std::thread([r] { r->Loop(); });
+  return Napi::External<Runner>::New(env, r, FinalizeRunner);
+}
+
+static Runner* RunnerArg(const Napi::CallbackInfo& info, const char* fn) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected a runner handle");
+  Runner* r = info[0].As<Napi::External<Runner>>().Data();
+  if (r->stop) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": the runner was destroyed");
+  return r;
+}
+
+// runnerRun(handle) -> Promise<0 | -EINTR | -EFAULT | -EHWPOISON>
+static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
+  Runner* r = RunnerArg(info, "runnerRun");
+  if (!r->waiters.empty()) throw Napi::Error::New(info.Env(), "runnerRun: this vCPU is already running");
+  auto d = Napi::Promise::Deferred::New(info.Env());
+  r->waiters.push_back(d);
+  r->done.Ref(info.Env());  // keep the process alive while the guest runs
+  r->inFlight.store(true);
+  {
+    std::lock_guard<std::mutex> lk(r->mu);
+    r->pending = true;
+  }
+  r->cv.notify_one();
+  return d.Promise();
+}
+
+// runnerKick(handle): makes an in-flight run return EINTR (no-op when idle).
+static void RunnerKick(const Napi::CallbackInfo& info) {
+  Runner* r = RunnerArg(info, "runnerKick");
+  if (r->inFlight.load()) r->Kick();
+}
+
+// runnerDestroy(handle): stops the thread (kicking a running guest first).
+static void RunnerDestroy(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "runnerDestroy: expected a runner handle");
+  Runner* r = info[0].As<Napi::External<Runner>>().Data();
+  if (!r->stop) r->Stop();
+}
+
+// Copies between a JS byte buffer and a kernel struct of exactly that size.
+template <typename T>
+static T* StructArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected a Uint8Array");
+  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
+  if (a.ByteLength() != sizeof(T))
+    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected " + std::to_string(sizeof(T)) + " bytes, got " + std::to_string(a.ByteLength()));
+  return reinterpret_cast<T*>(a.Data());
+}
+
+#define STRUCT_IOCTL(NAME, REQ, TYPE)                                 \
+  static void NAME(const Napi::CallbackInfo& info) {                  \
+    ExpectArgs(info, 2, #NAME);                                       \
+    int fd = FdArg(info, 0, #NAME, "vcpuFd");                         \
+    TYPE* s = StructArg<TYPE>(info, 1, #NAME);                        \
+    if (ioctl(fd, REQ, s) < 0) ThrowErrno(info.Env(), errno, "ioctl(" #REQ ")"); \
+  }
+
+STRUCT_IOCTL(GetRegs, KVM_GET_REGS, kvm_regs)
+STRUCT_IOCTL(SetRegs, KVM_SET_REGS, kvm_regs)
+STRUCT_IOCTL(GetSregs, KVM_GET_SREGS, kvm_sregs)
+STRUCT_IOCTL(SetSregs, KVM_SET_SREGS, kvm_sregs)
+
+// setCpuid2(vcpuFd, entries: Uint8Array of kvm_cpuid_entry2[])
+static void SetCpuid2(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "setCpuid2");
+  int fd = FdArg(info, 0, "setCpuid2", "vcpuFd");
+  if (!info[1].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "setCpuid2: expected a Uint8Array of kvm_cpuid_entry2");
+  Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
+  if (a.ByteLength() % sizeof(kvm_cpuid_entry2) != 0) throw Napi::TypeError::New(info.Env(), "setCpuid2: length is not a multiple of 40");
+  size_t n = a.ByteLength() / sizeof(kvm_cpuid_entry2);
+  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + a.ByteLength());
+  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  c->nent = static_cast<uint32_t>(n);
+  std::memcpy(c->entries, a.Data(), a.ByteLength());
+  if (ioctl(fd, KVM_SET_CPUID2, c) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_SET_CPUID2)");
+}
+
+// preFaultMemory(vcpuFd, gpa, size, flags) -> { gpa, size } as written back
+// (partial progress returns 0 with the remainder; errors throw).
+static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
+  const char* fn = "preFaultMemory";
+  ExpectArgs(info, 4, fn);
+  int fd = FdArg(info, 0, fn, "vcpuFd");
+  kvm_pre_fault_memory p;
+  std::memset(&p, 0, sizeof p);
+  p.gpa = U64Arg(info, 1, fn, "gpa");
+  p.size = U64Arg(info, 2, fn, "size");
+  p.flags = U64Arg(info, 3, fn, "flags");
+  if (ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_PRE_FAULT_MEMORY)");
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("gpa", U64Value(info.Env(), p.gpa));
+  o.Set("size", U64Value(info.Env(), p.size));
+  return o;
+}
+
+void InitVcpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
+  exports.Set("runSync", Napi::Function::New(env, RunSync, "runSync"));
+  exports.Set("runnerCreate", Napi::Function::New(env, RunnerCreate, "runnerCreate"));
+  exports.Set("runnerRun", Napi::Function::New(env, RunnerRun, "runnerRun"));
+  exports.Set("runnerKick", Napi::Function::New(env, RunnerKick, "runnerKick"));
+  exports.Set("runnerDestroy", Napi::Function::New(env, RunnerDestroy, "runnerDestroy"));
+  exports.Set("getRegs", Napi::Function::New(env, GetRegs, "getRegs"));
+  exports.Set("setRegs", Napi::Function::New(env, SetRegs, "setRegs"));
+  exports.Set("getSregs", Napi::Function::New(env, GetSregs, "getSregs"));
+  exports.Set("setSregs", Napi::Function::New(env, SetSregs, "setSregs"));
+  exports.Set("setCpuid2", Napi::Function::New(env, SetCpuid2, "setCpuid2"));
+  exports.Set("preFaultMemory", Napi::Function::New(env, PreFaultMemory, "preFaultMemory"));
+}
+
+}  // namespace kvmgmem
