@@ -15,3 +15,10 @@ export * as raw from './raw.js';
 export { Vcpu, type RunOptions } from './vcpu.js';
 export { ExitReason, type VcpuExit, type IoExit, type MmioExit, type HypercallExit, type MemoryFaultExit } from './vcpu-exit.js';
 export type { Regs, Sregs, Segment, CpuidEntry, DescriptorTable } from './x86/regs.js';
+export { Assembler, AsmError, mem, offset, type AssembleResult, type Cond, type Mem, type Reg } from './guest/asm.js';
+export {
+  Guest, GuestAssertError, GuestTimeoutError, UnexpectedExitError, KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED,
+  type GuestOptions, type GuestMemoryOptions, type RunUntilDoneOptions, type RunResult,
+} from './guest/guest.js';
+export { GuestIo, Ucall, UCALL_PORT, emitUcall } from './guest/ucall.js';
+export { Layout, Selector } from './guest/layout.js';

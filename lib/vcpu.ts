@@ -2,7 +2,7 @@
 // guest on the calling thread; run() runs it on a thread owned by this vCPU
 // and returns a Promise, with a deadline, an AbortSignal and kick() to bring
 // it back (the result is then an 'interrupted' exit).
-import { KvmError, MissingCapabilityError } from './errors.js';
+import { ClosedError, KvmError, MissingCapabilityError } from './errors.js';
 import { Mapping } from './mapping.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
@@ -122,6 +122,8 @@ export class Vcpu extends FdResource {
     this.#running = true;
     try {
       const r = await native.runnerRun(runner);
+      // close() during the run kicked the guest and unmapped kvm_run.
+      if (this.closed) throw new ClosedError('Vcpu', 'finish a run: the vCPU was closed while running');
       return decodeExit(this.#runView, r);
     } finally {
       this.#running = false;

@@ -16,6 +16,7 @@ import { MemslotTable, type SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
 import { Vcpu } from './vcpu.js';
+import type { CpuidEntry } from './x86/regs.js';
 import { toU32, toU64, type U64Input } from './util/args.js';
 import {
   Cap, type CapName, CapSince, errno, type GuestMemfdFlagName, guestMemfdFlagBits, guestMemfdFlagSince, MemFlag,
@@ -50,6 +51,8 @@ export interface VmParent {
   readonly taskSizeMax: bigint;
   /** KVM_GET_VCPU_MMAP_SIZE. */
   vcpuMmapSize(): number;
+  /** KVM_GET_SUPPORTED_CPUID. */
+  supportedCpuid(): CpuidEntry[];
   /** KVM_CHECK_EXTENSION on /dev/kvm. */
   systemCheck(cap: number): number;
 }
@@ -143,7 +146,7 @@ export class Vm extends FdResource implements MemslotOwner {
         bits |= b;
       }
     }
-    const refused = bits & ~caps.guestMemfdFlagBits;
+    const refused = (bits & ~caps.guestMemfdFlagBits) >>> 0;
     if (refused) {
       const names = (Object.keys(guestMemfdFlagBits) as GuestMemfdFlagName[]).filter((n) => refused & guestMemfdFlagBits[n]);
       const since = names.map((n) => `'${n}' since ${guestMemfdFlagSince[n]}`).join(', ');
@@ -322,7 +325,7 @@ export class Vm extends FdResource implements MemslotOwner {
     const size = toU64(range.size, 'setMemoryAttributes: size');
     toU32(attributes, 'setMemoryAttributes: attributes');
     this.requireCap('MEMORY_ATTRIBUTES', 'KVM_SET_MEMORY_ATTRIBUTES', caps.memoryAttributes.bits !== 0);
-    const unsupported = attributes & ~caps.memoryAttributes.bits;
+    const unsupported = (attributes & ~caps.memoryAttributes.bits) >>> 0;
     if (unsupported) {
       throw new AttributeRuleError('memory-attributes-unsupported',
         `attributes ${hex(attributes)}: bits ${hex(unsupported)} are not supported by this ${this.type} VM (KVM_CAP_MEMORY_ATTRIBUTES = ${hex(caps.memoryAttributes.bits)})`,
@@ -386,6 +389,11 @@ export class Vm extends FdResource implements MemslotOwner {
     return new Vcpu(vfd, id, this, this.parent.vcpuMmapSize());
   }
 
+  /** The CPUID a vCPU of this host can be given (KVM_GET_SUPPORTED_CPUID on /dev/kvm). */
+  supportedCpuid(): CpuidEntry[] {
+    return this.parent.supportedCpuid();
+  }
+
   // ---- other VM ioctls -----------------------------------------------------
 
   /** KVM_ENABLE_CAP on the VM. */
@@ -417,6 +425,8 @@ export class Vm extends FdResource implements MemslotOwner {
     this.#children.clear();
     for (const m of this.#slots.values()) m.released();
     this.#slots.clear();
+    // The table describes a VM that no longer exists: memslots() is [] after close.
+    for (const e of this.#table.entries()) this.#table.remove(e);
     for (const g of this.#guestMemfds) g.close();
     this.#guestMemfds.clear();
     this.#attributes.clear();

@@ -15,10 +15,12 @@ namespace kvmgmem {
 AddonData::~AddonData() {
   // Environment teardown (a worker thread exiting, or process exit): close
   // what JavaScript left open. Finalizers of the ArrayBuffers may still run
-  // later; they see `unmapped` and only free the record.
+  // later; they see `unmapped` and only free the record. (A finalizer that
+  // ran earlier already removed its record from `mappings`.)
   for (auto& [addr, m] : mappings) {
     munmap(m->addr, m->length);
     m->unmapped = true;
+    m->owner = nullptr;
   }
   for (int fd : fds) close(fd);
 }

@@ -11,13 +11,18 @@
 
 namespace kvmgmem {
 
+struct AddonData;
+
 // One memory mapping handed to JavaScript as an external ArrayBuffer. The
 // record outlives the mapping: munmap() marks it unmapped, the ArrayBuffer's
-// finalizer frees it, so neither order can unmap twice.
+// finalizer frees it, so neither order can unmap twice. `owner` is the
+// environment whose `mappings` lists the record, or null once it is no longer
+// listed (unmapped, or the environment was torn down first).
 struct Mapping {
   void* addr;
   size_t length;
   bool unmapped;
+  AddonData* owner;
 };
 
 // Per-environment state (main thread and each worker thread get their own).

@@ -11,7 +11,14 @@
 
 namespace kvmgmem {
 
+// Runs when the ArrayBuffer is collected, or at environment teardown (in
+// either order with ~AddonData): drops the record from the environment's list
+// before freeing it, so the teardown never touches a freed record.
 static void FinalizeMapping(Napi::Env, void*, Mapping* m) {
+  if (m->owner != nullptr) {
+    auto it = m->owner->mappings.find(m->addr);
+    if (it != m->owner->mappings.end() && it->second == m) m->owner->mappings.erase(it);
+  }
   if (!m->unmapped) munmap(m->addr, m->length);
   delete m;
 }
@@ -32,7 +39,7 @@ static Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (flags & MAP_FIXED) throw Napi::TypeError::New(env, "mmap: MAP_FIXED is not allowed (it could replace live memory)");
   void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) ThrowErrno(env, errno, "mmap");
-  auto* m = new Mapping{p, static_cast<size_t>(length), false};
+  auto* m = new Mapping{p, static_cast<size_t>(length), false, &Data(env)};
   Data(env).mappings[p] = m;
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, length, FinalizeMapping, m);
   Napi::Object o = Napi::Object::New(env);
@@ -57,6 +64,7 @@ static void Munmap(const Napi::CallbackInfo& info) {
   Mapping* m = MappingArg(info, 0, "munmap");
   Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
   Data(info.Env()).mappings.erase(m->addr);
+  m->owner = nullptr;
   ab.Detach();
   m->unmapped = true;
   if (munmap(m->addr, m->length) < 0) ThrowErrno(info.Env(), errno, "munmap");

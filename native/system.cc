@@ -85,12 +85,11 @@ static Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "getSupportedCpuid");
   int fd = FdArg(info, 0, "getSupportedCpuid", "fd");
   for (uint32_t n = 64; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    std::vector<uint8_t> buf(sizeof(kvmgmem_cpuid2_header) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvmgmem_cpuid2_header*>(buf.data());
     c->nent = n;
-    if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
-      return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<uint8_t*>(c->entries),
-                                         c->nent * sizeof(kvm_cpuid_entry2));
+    if (ioctl(fd, KVMGMEM_GET_SUPPORTED_CPUID, c) == 0) {
+      return Napi::Buffer<uint8_t>::Copy(info.Env(), buf.data() + sizeof *c, c->nent * sizeof(kvm_cpuid_entry2));
     }
     if (errno != E2BIG) ThrowErrno(info.Env(), errno, "ioctl(KVM_GET_SUPPORTED_CPUID)");
   }

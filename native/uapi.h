@@ -80,3 +80,31 @@ static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49, "KVM_SET_USER_MEMORY_RE
 static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020aed2, "KVM_SET_MEMORY_ATTRIBUTES");
 static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4, "KVM_CREATE_GUEST_MEMFD");
 static_assert(KVM_PRE_FAULT_MEMORY == 0xc040aed5, "KVM_PRE_FAULT_MEMORY");
+
+// struct kvm_cpuid2 ends in __DECLARE_FLEX_ARRAY, which in C++ (6.1 headers)
+// adds a 1-byte empty struct: sizeof is 12 instead of the kernel's 8, so the
+// header's KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2 numbers encode the wrong
+// size and the kernel answers EINVAL. Use our own header and numbers.
+struct kvmgmem_cpuid2_header {
+  __u32 nent;
+  __u32 padding;
+};
+static_assert(sizeof(kvmgmem_cpuid2_header) == 8, "kvm_cpuid2 header");
+static_assert(sizeof(kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 size");
+#define KVMGMEM_GET_SUPPORTED_CPUID _IOWR(KVMIO, 0x05, struct kvmgmem_cpuid2_header)
+#define KVMGMEM_SET_CPUID2 _IOW(KVMIO, 0x90, struct kvmgmem_cpuid2_header)
+static_assert(KVMGMEM_GET_SUPPORTED_CPUID == 0xc008ae05, "KVM_GET_SUPPORTED_CPUID");
+static_assert(KVMGMEM_SET_CPUID2 == 0x4008ae90, "KVM_SET_CPUID2");
+
+// Every other ioctl number this addon uses, pinned to the kernel's values.
+static_assert(KVM_GET_API_VERSION == 0xae00, "KVM_GET_API_VERSION");
+static_assert(KVM_CREATE_VM == 0xae01, "KVM_CREATE_VM");
+static_assert(KVM_CHECK_EXTENSION == 0xae03, "KVM_CHECK_EXTENSION");
+static_assert(KVM_GET_VCPU_MMAP_SIZE == 0xae04, "KVM_GET_VCPU_MMAP_SIZE");
+static_assert(KVM_CREATE_VCPU == 0xae41, "KVM_CREATE_VCPU");
+static_assert(KVM_RUN == 0xae80, "KVM_RUN");
+static_assert(KVM_GET_REGS == 0x8090ae81, "KVM_GET_REGS");
+static_assert(KVM_SET_REGS == 0x4090ae82, "KVM_SET_REGS");
+static_assert(KVM_GET_SREGS == 0x8138ae83, "KVM_GET_SREGS");
+static_assert(KVM_SET_SREGS == 0x4138ae84, "KVM_SET_SREGS");
+static_assert(KVM_ENABLE_CAP == 0x4068aea3, "KVM_ENABLE_CAP");

@@ -224,10 +224,12 @@ static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
   return d.Promise();
 }
 
-// runnerKick(handle): makes an in-flight run return EINTR (no-op when idle).
+// runnerKick(handle): makes an in-flight run return EINTR (no-op when idle
+// or destroyed: a deadline timer may fire after the vCPU was closed).
 static void RunnerKick(const Napi::CallbackInfo& info) {
-  Runner* r = RunnerArg(info, "runnerKick");
-  if (r->inFlight.load()) r->Kick();
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "runnerKick: expected a runner handle");
+  Runner* r = info[0].As<Napi::External<Runner>>().Data();
+  if (!r->stop && r->inFlight.load()) r->Kick();
 }
 
 // runnerDestroy(handle): stops the thread (kicking a running guest first).
@@ -269,11 +271,11 @@ static void SetCpuid2(const Napi::CallbackInfo& info) {
   Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
   if (a.ByteLength() % sizeof(kvm_cpuid_entry2) != 0) throw Napi::TypeError::New(info.Env(), "setCpuid2: length is not a multiple of 40");
   size_t n = a.ByteLength() / sizeof(kvm_cpuid_entry2);
-  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + a.ByteLength());
-  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  std::vector<uint8_t> buf(sizeof(kvmgmem_cpuid2_header) + a.ByteLength());
+  auto* c = reinterpret_cast<kvmgmem_cpuid2_header*>(buf.data());
   c->nent = static_cast<uint32_t>(n);
-  std::memcpy(c->entries, a.Data(), a.ByteLength());
-  if (ioctl(fd, KVM_SET_CPUID2, c) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_SET_CPUID2)");
+  std::memcpy(buf.data() + sizeof *c, a.Data(), a.ByteLength());
+  if (ioctl(fd, KVMGMEM_SET_CPUID2, c) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_SET_CPUID2)");
 }
 
 // preFaultMemory(vcpuFd, gpa, size, flags) -> { gpa, size } as written back
