@@ -1,0 +1,196 @@
+// npm run bench: every benchmark against its C twin (c/bench.c), run
+// alternately in one invocation for several rounds. Reports the median JS/C
+// ratio with min and max, and the absolute medians, as a table and as JSON.
+//
+//   node dist/tools/bench/run.js [--rounds N] [--cases a,b] [--json FILE] [--quick]
+//   node dist/tools/bench/run.js --testvm   (conversions, inside the test VM)
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, release } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Kvm } from './api.js';
+import * as cases from './cases.js';
+
+interface Case {
+  name: string;
+  iterations: number;
+  /** C twin case name (and its extra argument). */
+  c: [string, ...string[]];
+  js: (n: number) => cases.CaseResult | Promise<cases.CaseResult>;
+  target?: number;
+  /** Capability the case needs; skipped (and said so) without it. */
+  needs?: (kvm: Kvm) => string | null;
+}
+
+const ROOT = (() => {
+  let d = dirname(fileURLToPath(import.meta.url));
+  while (!d.endsWith('/dist') && dirname(d) !== d) d = dirname(d);
+  return d.endsWith('/dist') ? dirname(d) : resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+})();
+const OUT = join(ROOT, 'build', 'bench');
+const BIN = join(OUT, 'bench');
+const IMAGE = join(OUT, 'guest.img');
+
+const privateMemory = (kvm: Kvm): string | null =>
+  kvm.capabilities().vmTypes.includes('sw-protected') ? null : 'needs KVM_X86_SW_PROTECTED_VM with KVM_CAP_MEMORY_ATTRIBUTES (run with --testvm)';
+
+function allCases(quick: boolean): Case[] {
+  const q = (n: number): number => (quick ? Math.max(10, Math.floor(n / 10)) : n);
+  return [
+    { name: 'check-extension', iterations: q(200_000), c: ['check-extension'], js: cases.checkExtension, target: 1.3 },
+    { name: 'memslot-add-delete-2m', iterations: q(5_000), c: ['memslot-add-delete-2m'], js: cases.memslotAddDelete, target: 1.05 },
+    { name: 'memslot-scale', iterations: quick ? 4096 : 32_764, c: ['memslot-scale'], js: cases.memslotScale },
+    { name: 'kvm-run-io', iterations: q(20_000), c: ['kvm-run-io', IMAGE], js: cases.kvmRunIo, target: 1.05 },
+    { name: 'kvm-run-io-async', iterations: q(20_000), c: ['kvm-run-io', IMAGE], js: cases.kvmRunIoAsync },
+    { name: 'convert-4k', iterations: q(5_000), c: ['convert-4k'], js: (n) => cases.convertCase(n, false), target: 1.15, needs: privateMemory },
+    { name: 'convert-4k-discard', iterations: q(5_000), c: ['convert-4k-discard'], js: (n) => cases.convertCase(n, true), target: 1.15, needs: privateMemory },
+    { name: 'punch-4k', iterations: q(20_000), c: ['punch-4k'], js: (n) => cases.fallocateCase(n, 4096, true) },
+    { name: 'allocate-4k', iterations: q(20_000), c: ['allocate-4k'], js: (n) => cases.fallocateCase(n, 4096, false) },
+    { name: 'punch-2m', iterations: q(300), c: ['punch-2m'], js: (n) => cases.fallocateCase(n, 2 << 20, true) },
+    { name: 'allocate-2m', iterations: q(300), c: ['allocate-2m'], js: (n) => cases.fallocateCase(n, 2 << 20, false) },
+  ];
+}
+
+function compileTwin(): void {
+  mkdirSync(OUT, { recursive: true });
+  const cc = process.env.CC ?? 'cc';
+  execFileSync(cc, ['-O2', '-Wall', '-o', BIN, join(ROOT, 'tools', 'bench', 'c', 'bench.c')], { stdio: 'inherit' });
+}
+
+function runTwin(c: Case): { nsPerOp: number; points: [number, number][] } {
+  const out = execFileSync(BIN, [c.c[0], String(c.iterations), ...c.c.slice(1)], { encoding: 'utf8' });
+  const j = JSON.parse(out.trim().split('\n').pop() as string) as { ns_per_op: number; points: [number, number][] };
+  return { nsPerOp: j.ns_per_op, points: j.points };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+
+interface Row {
+  name: string;
+  iterations: number;
+  rounds: number;
+  jsMedianNs: number;
+  cMedianNs: number;
+  ratio: { median: number; min: number; max: number };
+  target?: number;
+  met?: boolean;
+  skipped?: string;
+  curve?: { slots: number; jsNs: number; cNs: number; bookkeepingNs: number }[];
+}
+
+async function measure(c: Case, rounds: number): Promise<Row> {
+  const js: number[] = [];
+  const cc: number[] = [];
+  const ratios: number[] = [];
+  let last: { js?: cases.CaseResult; c?: { points: [number, number][] } } = {};
+  for (let r = 0; r < rounds; r++) {
+    // Alternate which side goes first, so neither always runs on a warmer machine.
+    let jr: cases.CaseResult;
+    let cr: { nsPerOp: number; points: [number, number][] };
+    if (r % 2 === 0) {
+      cr = runTwin(c);
+      jr = await c.js(c.iterations);
+    } else {
+      jr = await c.js(c.iterations);
+      cr = runTwin(c);
+    }
+    js.push(jr.nsPerOp);
+    cc.push(cr.nsPerOp);
+    ratios.push(jr.nsPerOp / cr.nsPerOp);
+    last = { js: jr, c: cr };
+  }
+  const row: Row = {
+    name: c.name, iterations: c.iterations, rounds, jsMedianNs: median(js), cMedianNs: median(cc),
+    ratio: { median: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) },
+  };
+  if (c.target !== undefined) {
+    row.target = c.target;
+    row.met = row.ratio.median <= c.target;
+  }
+  if (last.js?.points && last.c) {
+    const bk = (last.js.extra?.bookkeeping ?? []) as [number, number][];
+    row.curve = last.js.points.map(([slots, ns], i) => ({ slots, jsNs: ns, cNs: last.c?.points[i]?.[1] ?? NaN, bookkeepingNs: bk[i]?.[1] ?? NaN }));
+  }
+  return row;
+}
+
+function fmtNs(ns: number): string {
+  return ns >= 1e6 ? `${(ns / 1e6).toFixed(2)} ms` : ns >= 1e3 ? `${(ns / 1e3).toFixed(2)} us` : `${ns.toFixed(0)} ns`;
+}
+
+function printTable(rows: Row[]): void {
+  const head = ['benchmark', 'JS median', 'C median', 'JS/C median', 'min', 'max', 'target'];
+  const lines = rows.map((r) =>
+    r.skipped
+      ? [r.name, '-', '-', 'skipped', '', '', r.skipped]
+      : [r.name, fmtNs(r.jsMedianNs), fmtNs(r.cMedianNs), r.ratio.median.toFixed(3), r.ratio.min.toFixed(3), r.ratio.max.toFixed(3),
+        r.target === undefined ? '' : `<= ${r.target} ${r.met ? 'met' : 'MISSED'}`]);
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)));
+  const fmt = (l: string[]): string => l.map((x, i) => x.padEnd(widths[i] as number)).join('  ');
+  console.log(fmt(head));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const l of lines) console.log(fmt(l));
+  for (const r of rows) {
+    if (!r.curve) continue;
+    console.log(`\n${r.name}: per-slot cost by table size (mean over each window of 1024 slots)`);
+    console.log('slots   JS/slot     C/slot      bookkeeping/slot  bookkeeping share');
+    for (const p of r.curve) {
+      if (p.slots % 4096 !== 0 && p.slots !== 1024 && p.slots !== r.iterations) continue;
+      console.log(`${String(p.slots).padEnd(7)} ${fmtNs(p.jsNs).padEnd(11)} ${fmtNs(p.cNs).padEnd(11)} ${fmtNs(p.bookkeepingNs).padEnd(17)} ${((100 * p.bookkeepingNs) / p.jsNs).toFixed(2)}%`);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const opt = (name: string): string | undefined => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  if (args.includes('--testvm')) {
+    const { runInTestVm } = await import('../testvm/index.js');
+    compileTwin();
+    const r = await runInTestVm({
+      command: ['node', join(ROOT, 'dist/tools/bench/run.js'), '--cases', 'convert-4k,convert-4k-discard', '--json', '/tmp/bench.json', ...(args.includes('--quick') ? ['--quick'] : [])],
+      cwd: ROOT,
+      onOutput: (chunk: string) => process.stdout.write(chunk),
+    });
+    process.exitCode = r.exitCode;
+    return;
+  }
+  const rounds = Number(opt('--rounds') ?? 5);
+  const only = opt('--cases')?.split(',');
+  const quick = args.includes('--quick');
+  compileTwin();
+  cases.writeGuestImage(IMAGE);
+  using kvm = Kvm.open();
+  const rows: Row[] = [];
+  for (const c of allCases(quick)) {
+    if (only && !only.includes(c.name)) continue;
+    const missing = c.needs?.(kvm) ?? null;
+    if (missing) {
+      rows.push({ name: c.name, iterations: c.iterations, rounds: 0, jsMedianNs: NaN, cMedianNs: NaN, ratio: { median: NaN, min: NaN, max: NaN }, skipped: missing });
+      continue;
+    }
+    process.stderr.write(`${c.name} (${c.iterations} x ${c.name === 'memslot-scale' ? Math.min(rounds, 3) : rounds} rounds)...\n`);
+    rows.push(await measure(c, c.name === 'memslot-scale' ? Math.min(rounds, 3) : rounds));
+  }
+  const machine = { kernel: release(), cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version, date: new Date().toISOString() };
+  console.log(`\nkvm-gmem benchmarks: Linux ${machine.kernel}, ${machine.cpu} (${machine.cores} cores), Node ${machine.node}\n`);
+  printTable(rows);
+  const json = JSON.stringify({ machine, rows }, null, 2);
+  writeFileSync(opt('--json') ?? join(OUT, 'results.json'), json);
+  console.log(`\nJSON: ${opt('--json') ?? join(OUT, 'results.json')}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
+
+export { readFileSync };
