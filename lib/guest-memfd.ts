@@ -48,10 +48,14 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
     const o = toU64(offset, `${op}: offset`);
     const l = toU64(length, `${op}: length`);
     const ctx = `${this.label} ${op}`;
+    // vfs_fallocate() checks these before kvm_gmem_fallocate() checks alignment.
+    if (l === 0n) throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: length is 0 (fallocate refuses an empty range)`, { offset: o, length: l });
+    if (o >= 1n << 63n || l >= 1n << 63n) {
+      throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: offset ${hex(o)} or length ${hex(l)} is negative as a loff_t (2^63 or more)`, { offset: o, length: l });
+    }
+    if (o + l > (1n << 63n) - 1n) throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: offset ${hex(o)} + length ${hex(l)} passes the largest file offset`, { offset: o, length: l }, 27 /* EFBIG */);
     if (o & 0xfffn) throw new AlignmentError('offset', o, ctx);
     if (l & 0xfffn) throw new AlignmentError('length', l, ctx);
-    if (l === 0n) throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: length is 0 (fallocate refuses an empty range)`, { offset: o, length: l });
-    if (o + l > (1n << 63n) - 1n) throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: offset ${hex(o)} + length ${hex(l)} passes the largest file offset`, { offset: o, length: l }, 27 /* EFBIG */);
     if (withinFile && o + l > BigInt(this.size)) {
       throw new GuestMemfdRuleError('guest-memfd-range', `${ctx}: [${hex(o)}, ${hex(o + l)}) extends past the end of the file (size ${hex(this.size)}); guest_memfd never grows`, { offset: o, length: l, size: this.size });
     }

@@ -1,0 +1,263 @@
+// `kvm-gmem probe`: what this host's KVM offers. Asks KVM_CHECK_EXTENSION of
+// /dev/kvm, then creates one VM of each type the kernel lists
+// (KVM_CAP_VM_TYPES) and asks its fd, because the per-VM answers are the
+// ones that hold (MEMORY_ATTRIBUTES is 0 on a default VM, for instance).
+import { readdirSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { parseArgs } from 'node:util';
+import { type Capabilities } from '../capabilities.js';
+import { KvmError } from '../errors.js';
+import { Kvm } from '../kvm.js';
+import { Cap, type CapName, CapSince, GuestMemfdFlag, MemoryAttribute, type VmTypeName, VmType } from '../uapi.js';
+import { alignColumns, type CliIo } from './output.js';
+
+export const PROBE_USAGE = `usage: kvm-gmem probe [--json] [--device PATH]
+  Prints what this host's KVM offers: the host, the system capabilities, and
+  the capabilities of one VM of each type the kernel offers.
+  --json          the same report as JSON
+  --device PATH   the KVM device to open (default /dev/kvm)
+Exit status: 0 when the device works, 2 when it cannot be opened (the cause
+and what to do are printed on one line).`;
+
+export interface CapabilityRow {
+  /** 'KVM_CAP_USER_MEMORY2' */
+  name: string;
+  /** The capability number passed to KVM_CHECK_EXTENSION. */
+  cap: number;
+  /** What KVM_CHECK_EXTENSION returned (0: absent). */
+  value: number;
+  /** The value, decoded. */
+  meaning: string;
+  /** The kernel release that introduced the capability. */
+  since: string;
+}
+
+export interface HostInfo {
+  kernelRelease: string;
+  device: string;
+  apiVersion: number;
+  /** Loaded KVM modules (kvm, kvm_intel, kvm_amd, kvm_pvm...), empty if none is visible. */
+  kvmModules: string[];
+  /** Where kvmModules was read: '/proc/modules', '/sys/module', or null. */
+  kvmModulesSource: string | null;
+  /** Hardware virtualization flags in /proc/cpuinfo ('vmx', 'svm'); empty under a paravirtualized KVM. */
+  cpuVirtualizationFlags: string[];
+}
+
+/** What a VM of this type can be used for, from its capabilities. */
+export interface VmUses {
+  /** KVM_MEM_GUEST_MEMFD memslots (KVM_CAP_GUEST_MEMFD on the VM fd, with USER_MEMORY2). */
+  guestMemfdMemslots: boolean;
+  /** KVM_SET_MEMORY_ATTRIBUTES with PRIVATE: Vm.setMemoryAttributes / Vm.convert. */
+  privateMemory: boolean;
+  /** guest_memfd files made with mmap + init-shared: GuestMemfd.map(), backing 'guest-memfd'. */
+  mappableGuestMemfd: boolean;
+}
+
+export interface VmReport {
+  type: VmTypeName;
+  /** Absent when the VM could not be created (see error). */
+  capabilities?: CapabilityRow[];
+  decoded?: Capabilities;
+  uses?: VmUses;
+  /** Why KVM_CREATE_VM failed for this type. */
+  error?: string;
+}
+
+export interface ProbeReport {
+  host: HostInfo;
+  system: { capabilities: CapabilityRow[]; decoded: Capabilities };
+  vms: VmReport[];
+}
+
+const hypercallNames: Record<number, string> = { 12: 'KVM_HC_MAP_GPA_RANGE' };
+
+function bitNames(v: number, names: (bit: number) => string): string {
+  const out: string[] = [];
+  for (let bit = 0; bit < 32; bit++) if ((v >>> bit) & 1) out.push(names(bit));
+  return out.join(', ');
+}
+
+const vmTypeByNumber = new Map<number, string>(Object.entries(VmType).map(([n, v]) => [v, n]));
+
+/** How each capability's value reads; `hex` marks bit masks. */
+const decoders: Record<CapName, { hex?: boolean; meaning: (v: number) => string }> = {
+  NR_MEMSLOTS: { meaning: (v) => (v > 0 ? `${v} memslot ids per address space` : 'not reported') },
+  READONLY_MEM: { meaning: (v) => (v ? 'KVM_MEM_READONLY memslots' : 'no read-only memslots') },
+  MULTI_ADDRESS_SPACE: { meaning: (v) => (v > 1 ? `${v} address spaces (1 is SMM)` : '1 address space') },
+  EXIT_HYPERCALL: { hex: true, meaning: (v) => (v ? `exits for ${bitNames(v, (b) => hypercallNames[b] ?? `hypercall ${b}`)}` : 'no hypercall exits') },
+  USER_MEMORY2: { meaning: (v) => (v ? 'KVM_SET_USER_MEMORY_REGION2' : 'no KVM_SET_USER_MEMORY_REGION2') },
+  MEMORY_FAULT_INFO: { meaning: (v) => (v ? 'KVM_EXIT_MEMORY_FAULT exits' : 'no memory-fault exits') },
+  MEMORY_ATTRIBUTES: {
+    hex: true,
+    meaning: (v) => (v ? bitNames(v, (b) => (1 << b === MemoryAttribute.PRIVATE ? 'PRIVATE' : `bit ${b}`)) : 'no memory attributes (no private memory)'),
+  },
+  GUEST_MEMFD: { meaning: (v) => (v ? 'KVM_CREATE_GUEST_MEMFD, KVM_MEM_GUEST_MEMFD' : 'no guest_memfd memslots') },
+  VM_TYPES: { hex: true, meaning: (v) => (v ? `types: ${bitNames(v, (b) => vmTypeByNumber.get(b) ?? `type ${b}`)}` : "only 'default'") },
+  PRE_FAULT_MEMORY: { meaning: (v) => (v ? 'KVM_PRE_FAULT_MEMORY' : 'no KVM_PRE_FAULT_MEMORY') },
+  GUEST_MEMFD_FLAGS: {
+    hex: true,
+    meaning: (v) => (v ? `create flags: ${bitNames(v, (b) => (1 << b === GuestMemfdFlag.MMAP ? 'mmap' : 1 << b === GuestMemfdFlag.INIT_SHARED ? 'init-shared' : `bit ${b}`))}` : 'no create flags'),
+  },
+};
+
+function capabilityRows(check: (cap: number) => number): CapabilityRow[] {
+  return (Object.keys(Cap) as CapName[]).map((name) => {
+    const value = check(Cap[name]);
+    return { name: `KVM_CAP_${name}`, cap: Cap[name], value, meaning: decoders[name].meaning(value), since: CapSince[name] };
+  });
+}
+
+function usesOf(c: Capabilities): VmUses {
+  const both = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
+  return {
+    guestMemfdMemslots: c.userMemory2 && c.guestMemfd,
+    privateMemory: c.memoryAttributes.private,
+    mappableGuestMemfd: (c.guestMemfdFlagBits & both) === both,
+  };
+}
+
+function kvmModules(): { names: string[]; source: string | null } {
+  const isKvm = (n: string): boolean => n === 'kvm' || n.startsWith('kvm_');
+  try {
+    const names = readFileSync('/proc/modules', 'utf8').split('\n').map((l) => l.split(' ')[0] ?? '').filter(isKvm);
+    return { names: names.sort(), source: '/proc/modules' };
+  } catch {
+    // No /proc/modules (a kernel without module support): /sys/module also
+    // lists built-in modules that have parameters.
+  }
+  try {
+    return { names: readdirSync('/sys/module').filter(isKvm).sort(), source: '/sys/module' };
+  } catch {
+    return { names: [], source: null };
+  }
+}
+
+function cpuVirtualizationFlags(): string[] {
+  try {
+    const flags = /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
+    return ['vmx', 'svm'].filter((f) => flags.includes(f));
+  } catch {
+    return [];
+  }
+}
+
+/** Builds the report. Throws what Kvm.open throws when the device cannot be used. */
+export function probe(device = '/dev/kvm'): ProbeReport {
+  using kvm = Kvm.open(device);
+  const mods = kvmModules();
+  const host: HostInfo = {
+    kernelRelease: release(),
+    device,
+    apiVersion: kvm.apiVersion,
+    kvmModules: mods.names,
+    kvmModulesSource: mods.source,
+    cpuVirtualizationFlags: cpuVirtualizationFlags(),
+  };
+  const system = { capabilities: capabilityRows((c) => kvm.checkExtension(c)), decoded: kvm.capabilities() };
+  const vms = system.decoded.vmTypes.map((type): VmReport => {
+    try {
+      using vm = kvm.createVm({ type });
+      const decoded = vm.capabilities();
+      return { type, capabilities: capabilityRows((c) => vm.checkExtension(c)), decoded, uses: usesOf(decoded) };
+    } catch (e) {
+      return { type, error: e instanceof Error ? e.message.split('\n')[0] : String(e) };
+    }
+  });
+  return { host, system, vms };
+}
+
+/**
+ * The one line printed when the device cannot be used: the cause and what to
+ * do about it.
+ */
+export function describeOpenFailure(error: unknown, device: string): string {
+  if (error instanceof KvmError && error.syscall === 'open') {
+    const cause = `cannot open ${device}: ${error.code}`;
+    switch (error.code) {
+      case 'EACCES':
+      case 'EPERM':
+        return `${cause} (permission denied): add your user to the 'kvm' group (sudo usermod -aG kvm "$USER", then log in again) or run as root`;
+      case 'ENOENT':
+      case 'ENXIO':
+      case 'ENODEV':
+        return `${cause} (${error.code === 'ENOENT' ? 'no such file or directory' : 'no such device'}): no KVM on this host: ` +
+          'load kvm_intel or kvm_amd (modprobe), enable virtualization (VT-x/AMD-V) in the firmware, or on a VM or CI runner enable nested virtualization';
+      default:
+        return error.message.split('\n')[0] ?? cause;
+    }
+  }
+  const msg = error instanceof Error ? error.message.split('\n')[0] : String(error);
+  return `${device} does not work: ${msg}`;
+}
+
+function table(rows: CapabilityRow[]): string[] {
+  const hexNames = new Set((Object.keys(decoders) as CapName[]).filter((n) => decoders[n].hex).map((n) => `KVM_CAP_${n}`));
+  return alignColumns([
+    ['capability', 'value', 'meaning', 'absent: added in'],
+    ...rows.map((r) => [r.name, hexNames.has(r.name) ? `0x${r.value.toString(16)}` : String(r.value), r.meaning, r.value === 0 ? `Linux ${r.since}` : '']),
+  ]);
+}
+
+function yesNo(ok: boolean, yes: string, no: string): string {
+  return ok ? `yes${yes ? ` (${yes})` : ''}` : `no: ${no}`;
+}
+
+/** The report as the table people read. */
+export function formatReport(r: ProbeReport): string {
+  const h = r.host;
+  const lines: string[] = ['Host'];
+  lines.push(...alignColumns([
+    ['kernel', `Linux ${h.kernelRelease}`],
+    ['device', `${h.device} (KVM_GET_API_VERSION ${h.apiVersion})`],
+    ['kvm modules', h.kvmModules.length ? `${h.kvmModules.join(', ')} (from ${h.kvmModulesSource})` : 'none visible'],
+    ['cpu flags', h.cpuVirtualizationFlags.length ? h.cpuVirtualizationFlags.join(', ') : 'no vmx/svm (a paravirtualized KVM, or virtualization hidden)'],
+    ['vm types', r.system.decoded.vmTypes.join(', ')],
+  ]).map((l) => `  ${l}`));
+  lines.push('', `System capabilities (KVM_CHECK_EXTENSION on ${h.device})`, ...table(r.system.capabilities).map((l) => `  ${l}`));
+  for (const vm of r.vms) {
+    lines.push('', `VM type '${vm.type}' (KVM_CHECK_EXTENSION on the VM fd)`);
+    if (vm.error !== undefined || vm.capabilities === undefined || vm.uses === undefined) {
+      lines.push(`  KVM_CREATE_VM failed: ${vm.error ?? 'unknown error'}`);
+      continue;
+    }
+    lines.push(...table(vm.capabilities).map((l) => `  ${l}`), '');
+    const flags = vm.decoded?.guestMemfdFlags.join(', ') ?? '';
+    lines.push(...alignColumns([
+      ['guest_memfd memslots', yesNo(vm.uses.guestMemfdMemslots, '', 'needs KVM_CAP_GUEST_MEMFD on the VM fd')],
+      ['private memory', yesNo(vm.uses.privateMemory, 'setMemoryAttributes, convert', "needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE (a 'sw-protected' VM on a kernel built with CONFIG_KVM_SW_PROTECTED_VM)")],
+      ['mappable guest_memfd', yesNo(vm.uses.mappableGuestMemfd, flags, `needs KVM_CAP_GUEST_MEMFD_FLAGS with mmap and init-shared (Linux ${CapSince.GUEST_MEMFD_FLAGS}+)`)],
+    ]).map((l) => `  ${l}`));
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** Runs `kvm-gmem probe ARGS`; returns the exit status. */
+export function runProbe(args: string[], io: CliIo): number {
+  let values: { json?: boolean; device?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: { json: { type: 'boolean' }, device: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    io.err(`kvm-gmem probe: ${(e as Error).message}\n${PROBE_USAGE}\n`);
+    return 2;
+  }
+  if (values.help) {
+    io.out(`${PROBE_USAGE}\n`);
+    return 2;
+  }
+  const device = values.device ?? '/dev/kvm';
+  let report: ProbeReport;
+  try {
+    report = probe(device);
+  } catch (e) {
+    io.err(`kvm-gmem probe: ${describeOpenFailure(e, device)}\n`);
+    return 2;
+  }
+  io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+  return 0;
+}
