@@ -61,7 +61,7 @@ function slotName(asId: number, id: number): string {
 }
 
 function checkFlags(l: MemslotLimits, flags: number): void {
-  if ((flags & ~MEM_FLAGS_KNOWN) !== 0) throw new MemslotFlagsError(flags, `unknown bits ${hex(flags & ~MEM_FLAGS_KNOWN)}`);
+  if ((flags & ~MEM_FLAGS_KNOWN) !== 0) throw new MemslotFlagsError(flags, `unknown bits ${hex((flags & ~MEM_FLAGS_KNOWN) >>> 0)}`);
   const gmem = (flags & MemFlag.GUEST_MEMFD) !== 0;
   if (gmem && !l.guestMemfd) {
     throw new MemslotFlagsError(flags, 'KVM_MEM_GUEST_MEMFD is not accepted by this VM (KVM_CAP_GUEST_MEMFD is 0 on the VM fd; before 6.18 only private-memory VM types take it)');
@@ -166,8 +166,10 @@ export function judge(l: MemslotLimits, table: MemslotTable, r: RegionRequest): 
     change = checkModify(r, old, npages, baseGfn);
     if (change.kind !== 'move') return change;
   }
-  const hit = table.gfnIndex(asId).firstOverlap(baseGfn, baseGfn + npages);
-  if (hit !== undefined && hit.value.id !== id) {
+  // Like kvm_check_memslot_overlap(): any overlapping slot but this id's own
+  // (a move may overlap its old place and still collide with a neighbour).
+  const hit = table.gfnIndex(asId).overlapping(baseGfn, baseGfn + npages).find((i) => i.value.id !== id);
+  if (hit !== undefined) {
     throw new MemslotOverlapError({ slot: id, asId }, { start: baseGfn, end: baseGfn + npages }, { slot: hit.value.id, asId }, { start: hit.start, end: hit.end });
   }
   if (old !== undefined) return { kind: 'move', old, baseGfn, flags: r.flags };

@@ -1,0 +1,307 @@
+// guest_memfd files (KVM_CREATE_GUEST_MEMFD): sizes and flags checked before
+// the kernel (and the kernel, asked raw, agreeing), no read/write, fallocate
+// to allocate and punch holes, and the 6.18 mapping (MMAP + INIT_SHARED).
+import { readSync, writeSync, ftruncateSync } from 'node:fs';
+import { describe, expect, test } from 'vitest';
+import {
+  AlignmentError, ClosedError, errnoName, GuestMemfdFlag, GuestMemfdRuleError, KvmError, type GuestMemfdFlagName, raw,
+} from '../lib/index.js';
+import { Mapping } from '../lib/mapping.js';
+import { expectKernel, expectKernelAgrees, expectRule, openKvm, vmCaps } from './helpers.js';
+
+const KEEP_SIZE = 0x01;
+const PUNCH_HOLE = 0x02;
+const ZERO_RANGE = 0x10;
+const EOPNOTSUPP = 95; // Node names it ENOTSUP (the same number on Linux)
+
+const offered = vmCaps('default')?.guestMemfdFlags ?? [];
+const hasMmap = offered.includes('mmap');
+const hasBoth = hasMmap && offered.includes('init-shared');
+const MMAP_SKIP = "(needs KVM_CAP_GUEST_MEMFD_FLAGS with 'mmap')";
+const BOTH_SKIP = "(needs KVM_CAP_GUEST_MEMFD_FLAGS with 'mmap' and 'init-shared')";
+
+describe('createGuestMemfd', () => {
+  test('creates files of several sizes; stat() gives the size', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    for (const size of [4096, 2 << 20, 1 << 30, 2n ** 40n]) {
+      using g = vm.createGuestMemfd({ size });
+      expect(g.size).toBe(Number(size));
+      expect(g.stat().size).toBe(Number(size));
+      expect(raw.fstat(g).size).toBe(Number(size));
+      expect(g.flagBits).toBe(0);
+      expect(g.flags).toEqual([]);
+    }
+  });
+
+  test('the VM lists the guest_memfds it created and that are still open', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const a = vm.createGuestMemfd({ size: 4096 });
+    const b = vm.createGuestMemfd({ size: 8192 });
+    expect(vm.guestMemfds()).toEqual([a, b]);
+    a.close();
+    expect(vm.guestMemfds()).toEqual([b]);
+    vm.close();
+    expect(b.closed).toBe(true);
+  });
+
+  test.skipIf(!hasMmap)(`flags by name and by raw bits ${MMAP_SKIP}`, () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using byName = vm.createGuestMemfd({ size: 4096, flags: ['mmap'] });
+    using byBits = vm.createGuestMemfd({ size: 4096, flags: GuestMemfdFlag.MMAP });
+    expect(byName.flagBits).toBe(GuestMemfdFlag.MMAP);
+    expect(byBits.flagBits).toBe(GuestMemfdFlag.MMAP);
+    expect(byBits.flags).toEqual(['mmap']);
+  });
+
+  test.skipIf(!hasBoth)(`'mmap' and 'init-shared' together ${BOTH_SKIP}`, () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 4096, flags: ['mmap', 'init-shared'] });
+    expect(g.flagBits).toBe(GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED);
+    expect(g.flags).toEqual(['mmap', 'init-shared']);
+    using r = raw.createGuestMemfd(vm, { size: 4096, flags: 3 });
+    expect(raw.fstat(r).size).toBe(4096);
+  });
+
+  const badSizes: [string, bigint, typeof GuestMemfdRuleError | typeof AlignmentError, string][] = [
+    ['size 0', 0n, GuestMemfdRuleError, 'guest-memfd-size'],
+    ['size 2^63', 2n ** 63n, GuestMemfdRuleError, 'guest-memfd-size'],
+    ['size 2^64 - 4096', 2n ** 64n - 4096n, GuestMemfdRuleError, 'guest-memfd-size'],
+    ['an unaligned size (0x1001)', 0x1001n, AlignmentError, 'page-alignment'],
+    ['an unaligned size (0x800)', 0x800n, AlignmentError, 'page-alignment'],
+  ];
+  test.each(badSizes)('%s is refused before the kernel; raw, the kernel says EINVAL', (_name, size, cls, rule) => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const err = expectRule(() => vm.createGuestMemfd({ size }), cls, rule);
+    expect(err.kernelErrno).toBe(22);
+    expect(err.message).toContain(`0x${size.toString(16)}`);
+    if (err instanceof AlignmentError) expect(err.field).toBe('size');
+    expect(vm.guestMemfds()).toEqual([]);
+    const k = expectKernelAgrees(err, () => raw.createGuestMemfd(vm, { size }).close());
+    expect(k.errno).toBe(err.kernelErrno);
+    expect(k.syscall).toBe('ioctl(KVM_CREATE_GUEST_MEMFD)');
+    expect(k.request).toEqual({ size, flags: 0 });
+  });
+
+  test('the largest size below 2^63 is accepted', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 2n ** 63n - 4096n });
+    expect(raw.fstat(g).size).toBe(Number(2n ** 63n - 4096n));
+  });
+
+  test.each([
+    ['bit 2 (0x4)', 1 << 2],
+    ['bit 4 (0x10)', 1 << 4],
+    ['bit 31', 2 ** 31],
+  ])('a flag no kernel offers, %s, is GuestMemfdRuleError guest-memfd-flags; raw, EINVAL', (_name, bits) => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const err = expectRule(() => vm.createGuestMemfd({ size: 4096, flags: bits }), GuestMemfdRuleError, 'guest-memfd-flags');
+    expect(err.details).toMatchObject({ flags: bits });
+    expect(err.message).toContain(`0x${bits.toString(16)}`);
+    expect(err.message).toContain('KVM_CAP_GUEST_MEMFD_FLAGS');
+    expect(vm.guestMemfds()).toEqual([]);
+    expectKernelAgrees(err, () => raw.createGuestMemfd(vm, { size: 4096, flags: bits }).close());
+  });
+
+  for (const flag of ['mmap', 'init-shared'] as const satisfies readonly GuestMemfdFlagName[]) {
+    test.skipIf(offered.includes(flag))(`'${flag}' on a VM that does not offer it is refused by name (runs where KVM_CAP_GUEST_MEMFD_FLAGS lacks '${flag}')`, () => {
+      using kvm = openKvm();
+      using vm = kvm.createVm();
+      const err = expectRule(() => vm.createGuestMemfd({ size: 4096, flags: [flag] }), GuestMemfdRuleError, 'guest-memfd-flags');
+      expect(err.message).toContain(flag);
+      expectKernelAgrees(err, () => raw.createGuestMemfd(vm, { size: 4096, flags: flag === 'mmap' ? 1 : 2 }).close());
+    });
+  }
+
+  test('an unknown flag name is a TypeError', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    expect(() => vm.createGuestMemfd({ size: 4096, flags: ['huge' as GuestMemfdFlagName] })).toThrow(TypeError);
+  });
+});
+
+describe('the guest_memfd file', () => {
+  test('cannot be read, written or truncated', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 0x4000 });
+    const buf = Buffer.alloc(16);
+    expect(() => readSync(g.fd, buf, 0, 16, null)).toThrow(expect.objectContaining({ code: 'EINVAL', syscall: 'read' }));
+    expect(() => writeSync(g.fd, buf, 0, 16, null)).toThrow(expect.objectContaining({ code: 'EINVAL', syscall: 'write' }));
+    // pread/pwrite: the file has no position either.
+    expect(() => readSync(g.fd, buf, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' }));
+    expect(() => writeSync(g.fd, buf, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' }));
+    expect(() => ftruncateSync(g.fd, 0x8000)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(g.stat().size).toBe(0x4000);
+  });
+
+  test('close() is idempotent; every operation after it throws ClosedError', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const g = vm.createGuestMemfd({ size: 0x4000 });
+    g.close();
+    g.close();
+    expect(g.closed).toBe(true);
+    expect(() => g.allocate(0, 4096)).toThrow(ClosedError);
+    expect(() => g.punchHole(0, 4096)).toThrow(ClosedError);
+    expect(() => g.stat()).toThrow(ClosedError);
+    expect(() => g.map()).toThrow(ClosedError);
+    expect(() => g.fd).toThrow(ClosedError);
+  });
+});
+
+describe('allocate and punchHole (fallocate)', () => {
+  const SIZE = 0x10000;
+
+  test('allocate and punch page-aligned ranges inside the file', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: SIZE });
+    g.allocate(0, SIZE);
+    g.allocate(0x1000, 0x2000);
+    g.punchHole(0x2000, 0x4000);
+    g.punchHole(0, SIZE);
+    expect(g.stat().size).toBe(SIZE);
+  });
+
+  test('fstat: the size never changes; guest_memfd does not count its pages in st_blocks (0 on 6.12 and 6.18)', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: SIZE });
+    const before = g.stat();
+    g.allocate(0, SIZE);
+    const allocated = g.stat();
+    g.punchHole(0, SIZE);
+    const punched = g.stat();
+    expect([before.size, allocated.size, punched.size]).toEqual([SIZE, SIZE, SIZE]);
+    // The kernel does not update i_blocks for guest_memfd (measured): blocks
+    // cannot show allocation. Data through the mapping does (below).
+    expect([before.blocks, allocated.blocks, punched.blocks]).toEqual([0, 0, 0]);
+  });
+
+  const bad: [string, 'allocate' | 'punchHole', number | bigint, number | bigint, typeof AlignmentError | typeof GuestMemfdRuleError, string, string][] = [
+    ['allocate: unaligned offset', 'allocate', 0x800, 0x1000, AlignmentError, 'page-alignment', 'EINVAL'],
+    ['allocate: unaligned length', 'allocate', 0, 0x800, AlignmentError, 'page-alignment', 'EINVAL'],
+    ['allocate: zero length', 'allocate', 0, 0, GuestMemfdRuleError, 'guest-memfd-range', 'EINVAL'],
+    ['allocate: past the end', 'allocate', SIZE, 0x1000, GuestMemfdRuleError, 'guest-memfd-range', 'EINVAL'],
+    ['allocate: across the end', 'allocate', SIZE - 0x1000, 0x2000, GuestMemfdRuleError, 'guest-memfd-range', 'EINVAL'],
+    ['punchHole: unaligned offset', 'punchHole', 0x800, 0x1000, AlignmentError, 'page-alignment', 'EINVAL'],
+    ['punchHole: unaligned length', 'punchHole', 0, 0x1800, AlignmentError, 'page-alignment', 'EINVAL'],
+    ['punchHole: zero length', 'punchHole', 0, 0, GuestMemfdRuleError, 'guest-memfd-range', 'EINVAL'],
+    ['punchHole: offset + length past the largest file offset', 'punchHole', 2n ** 63n - 4096n, 0x2000, GuestMemfdRuleError, 'guest-memfd-range', 'EFBIG'],
+  ];
+  test.each(bad)('%s is refused before the kernel; raw fallocate agrees', (_name, op, offset, length, cls, rule, code) => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: SIZE });
+    const err = expectRule(() => g[op](offset, length), cls, rule);
+    expect(errnoName(err.kernelErrno)).toBe(code);
+    if (err instanceof AlignmentError) expect(err.field).toBe(Number(offset) & 0xfff ? 'offset' : 'length');
+    const mode = op === 'allocate' ? KEEP_SIZE : PUNCH_HOLE | KEEP_SIZE;
+    const k = expectKernelAgrees(err, () => raw.fallocate(g, mode, offset, length));
+    expect(k.syscall).toBe('fallocate');
+  });
+
+  test('punching past the end succeeds, as in the kernel', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: SIZE });
+    g.punchHole(SIZE - 0x1000, 0x10000);
+    g.punchHole(SIZE, 0x1000);
+    g.punchHole(SIZE * 4, 0x1000);
+    raw.fallocate(g, PUNCH_HOLE | KEEP_SIZE, SIZE, 0x1000);
+    expect(g.stat().size).toBe(SIZE);
+  });
+
+  test.each([
+    ['mode 0 (no KEEP_SIZE: the file would grow)', 0, 0, 0x1000, 'ENOTSUP'],
+    ['PUNCH_HOLE without KEEP_SIZE', PUNCH_HOLE, 0, 0x1000, 'ENOTSUP'],
+    ['ZERO_RANGE | KEEP_SIZE', ZERO_RANGE | KEEP_SIZE, 0, 0x1000, 'ENOTSUP'],
+    ['KEEP_SIZE at an unaligned offset', KEEP_SIZE, 0x800, 0x1000, 'EINVAL'],
+    ['KEEP_SIZE with an unaligned length', KEEP_SIZE, 0, 0x800, 'EINVAL'],
+  ])('raw fallocate: the kernel refuses %s', (_name, mode, offset, length, code) => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: SIZE });
+    const k = expectKernel(() => raw.fallocate(g, mode, offset, length), code);
+    if (code === 'ENOTSUP') expect(k.errno).toBe(EOPNOTSUPP);
+    expect(k.request).toEqual({ fd: g.fd, mode, offset, length });
+  });
+});
+
+describe('map()', () => {
+  test("needs the 'mmap' flag (guest-memfd-not-mappable); the kernel's mmap says ENODEV", () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 0x4000 });
+    const err = expectRule(() => g.map(), GuestMemfdRuleError, 'guest-memfd-not-mappable');
+    expect(err.message).toContain("'mmap'");
+    expect(errnoName(err.kernelErrno)).toBe('ENODEV');
+    let k: unknown;
+    try {
+      Mapping.sharedFile(g.fd, 0x4000).unmap();
+    } catch (e) {
+      k = e;
+    }
+    expect(k).toBeInstanceOf(KvmError);
+    expect((k as KvmError).code).toBe('ENODEV');
+    expect((k as KvmError).syscall).toBe('mmap');
+  });
+
+  test.skipIf(!hasMmap)(`refuses a file made without 'init-shared', whose mapping would SIGBUS when touched ${MMAP_SKIP}`, () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 0x4000, flags: ['mmap'] });
+    const err = expectRule(() => g.map(), GuestMemfdRuleError, 'guest-memfd-not-mappable');
+    expect(err.message).toContain("'init-shared'");
+    expect(err.message).toContain('SIGBUS');
+    // The kernel itself maps it (kernelErrno 0: no syscall error); only a
+    // touch would fault. Mapped and unmapped here without touching it.
+    expect(err.kernelErrno).toBe(0);
+    const m = Mapping.sharedFile(g.fd, 0x4000);
+    expect(m.length).toBe(0x4000);
+    m.unmap();
+  });
+
+  test.skipIf(!hasBoth)(`with 'mmap' and 'init-shared': data is shared between views, punchHole zeroes it ${BOTH_SKIP}`, () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    using g = vm.createGuestMemfd({ size: 0x4000, flags: ['mmap', 'init-shared'] });
+    const m = g.map();
+    expect(m.length).toBe(0x4000);
+    expect(g.map()).toBe(m);
+    const a = m.bytes();
+    a.fill(0x5a, 0x1000, 0x3000);
+    // A second view of another part of the same mapping sees the data.
+    const b = m.dataView(0x2000, 0x1000);
+    expect(b.getUint32(0x0ff0, true)).toBe(0x5a5a5a5a);
+    expect(a[0x0fff]).toBe(0);
+    g.punchHole(0x2000, 0x1000);
+    expect(b.getUint32(0x0ff0, true)).toBe(0);
+    expect(a.subarray(0x2000, 0x3000).every((x) => x === 0)).toBe(true);
+    expect(a.subarray(0x1000, 0x2000).every((x) => x === 0x5a)).toBe(true);
+    // allocate does not change data that is already there.
+    g.allocate(0, 0x4000);
+    expect(a[0x1000]).toBe(0x5a);
+  });
+
+  test.skipIf(!hasBoth)(`after close() every view of the mapping has byteLength 0 ${BOTH_SKIP}`, () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const g = vm.createGuestMemfd({ size: 0x4000, flags: ['mmap', 'init-shared'] });
+    const m = g.map();
+    const view = m.bytes();
+    view[0] = 1;
+    g.close();
+    expect(m.unmapped).toBe(true);
+    expect(view.byteLength).toBe(0);
+    expect(view[0]).toBeUndefined();
+    expect(() => m.bytes()).toThrow(ClosedError);
+  });
+});
