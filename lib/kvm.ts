@@ -31,6 +31,7 @@ export class Kvm extends FdResource implements VmParent {
   #caps: Capabilities | undefined;
   #mmapSize: number | undefined;
   #cpuid: CpuidEntry[] | undefined;
+  #vmParent: VmParent | undefined;
 
   private constructor(fd: number, path: string) {
     super(fd, 'Kvm');
@@ -84,24 +85,45 @@ export class Kvm extends FdResource implements VmParent {
     if (type !== 'default' && !this.capabilities().vmTypes.includes(type)) {
       throw new MissingCapabilityError('KVM_CAP_VM_TYPES', CapSince.VM_TYPES, `a '${type}' VM (this kernel offers: ${this.capabilities().vmTypes.join(', ')})`);
     }
+    const parent = this.vmParent();
     let vmFd: number;
     try {
       vmFd = native.createVm(fd, bits);
     } catch (e) {
       throw e instanceof KvmError ? e.withRequest({ type: bits }, e.errno === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []) : e;
     }
-    return new Vm(vmFd, type, this);
+    return new Vm(vmFd, type, parent);
+  }
+
+  // What a VM asks of /dev/kvm, asked once while this Kvm is open and
+  // remembered: the kernel keeps a VM alive without its /dev/kvm fd, and so
+  // must the package, so a VM keeps working after this Kvm is closed.
+  private vmParent(): VmParent {
+    if (this.#vmParent === undefined) {
+      const guestMemfd = this.checkExtension(Cap.GUEST_MEMFD);
+      const mmapSize = this.vcpuMmapSize();
+      const cpuid = this.supportedCpuid();
+      this.#vmParent = {
+        taskSizeMax: this.taskSizeMax,
+        vcpuMmapSize: () => mmapSize,
+        supportedCpuid: () => cpuid.map((e) => ({ ...e })),
+        systemCheck: (cap) => (cap === Cap.GUEST_MEMFD ? guestMemfd : this.checkExtension(cap)),
+      };
+    }
+    return this.#vmParent;
   }
 
   /** KVM_GET_VCPU_MMAP_SIZE: size of each vCPU's kvm_run area (asked once). */
   vcpuMmapSize(): number {
-    this.#mmapSize ??= native.getVcpuMmapSize(this.use('read the vCPU mmap size'));
+    const fd = this.use('read the vCPU mmap size');
+    this.#mmapSize ??= native.getVcpuMmapSize(fd);
     return this.#mmapSize;
   }
 
   /** KVM_GET_SUPPORTED_CPUID: the CPUID a vCPU can be given (asked once). */
   supportedCpuid(): CpuidEntry[] {
-    this.#cpuid ??= decodeCpuid(native.getSupportedCpuid(this.use('read supported CPUID')));
+    const fd = this.use('read supported CPUID');
+    this.#cpuid ??= decodeCpuid(native.getSupportedCpuid(fd));
     return this.#cpuid.map((e) => ({ ...e }));
   }
 }

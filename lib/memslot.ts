@@ -2,6 +2,7 @@
 // userspace memory (userspace_addr) and, with KVM_MEM_GUEST_MEMFD, for
 // private accesses by a guest_memfd range. Created by Vm.addMemslot(); the
 // Vm keeps the table, this object is the handle.
+import { ClosedError } from './errors.js';
 import type { GuestMemfd } from './guest-memfd.js';
 import type { Mapping } from './mapping.js';
 import type { SlotEntry } from './memslot-table.js';
@@ -57,9 +58,12 @@ export class Memslot {
 
   /**
    * A view of the shared backing at [gpa, gpa + length) (defaults: the whole
-   * slot). It detaches (byteLength 0) when the memslot is deleted.
+   * slot). It detaches (byteLength 0) when the memslot is deleted, or, for
+   * backing 'guest-memfd', when the guest_memfd (which owns that mapping) is
+   * closed. A deleted memslot gives no new view (ClosedError).
    */
   view(gpa = this.gpa, length = this.gpa + this.size - gpa): Uint8Array {
+    if (this.#deleted) throw new ClosedError('Memslot', 'create a view');
     if (this.mapping === null) throw new RangeError(`memslot ${this.slot} has no shared backing (backing 'none')`);
     if (gpa < this.gpa || length < 0 || gpa + length > this.gpa + this.size) {
       throw new RangeError(`gpa range [0x${gpa.toString(16)}, +0x${length.toString(16)}) is outside memslot ${this.slot} [0x${this.gpa.toString(16)}, +0x${this.size.toString(16)})`);

@@ -131,14 +131,18 @@ struct Runner {
 
   void Loop() {
     for (;;) {
+      bool stopping;
       {
         std::unique_lock<std::mutex> lk(mu);
         cv.wait(lk, [&] { return pending || stop; });
-        if (stop) return;
+        if (!pending) return;
         pending = false;
+        stopping = stop;
       }
+      // A run requested just before the runner was stopped still settles
+      // its promise (as an interrupted run) instead of staying pending.
       int err = 0;
-      int r = DoRun(fd, run, &err);
+      int r = stopping ? -EINTR : DoRun(fd, run, &err);
       inFlight.store(false);
       auto* result = new std::pair<int, int>(r, err);
       done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
@@ -155,6 +159,7 @@ struct Runner {
           d.Resolve(Napi::Number::New(env, rr));
         }
       });
+      if (stopping) return;
     }
   }
 
@@ -189,10 +194,12 @@ static Napi::Value RunnerCreate(const Napi::CallbackInfo& info) {
   const char* fn = "runnerCreate";
   ExpectArgs(info, 2, fn);
   Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, fn, "vcpuFd");
+  kvm_run* run = RunArg(info, 1, fn);
   InstallKickHandler();
   auto* r = new Runner();
-  r->fd = FdArg(info, 0, fn, "vcpuFd");
-  r->run = RunArg(info, 1, fn);
+  r->fd = fd;
+  r->run = run;
   r->runBuffer = Napi::Persistent(info[1].As<Napi::Object>());
   r->done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "kvm-gmem vcpu", 0, 1,
                                           r, DeleteRunner, static_cast<void*>(nullptr));
