@@ -22,7 +22,8 @@ export interface SlotEntry {
   flags: number;
   baseGfn: number;
   readonly npages: number;
-  readonly userspaceAddr: bigint;
+  /** Set once, when the memslot's backing is mapped. */
+  userspaceAddr: bigint;
   readonly gmem: GuestMemfdInfo | null;
   /** First file page bound (guest_memfd_offset / 4096). */
   readonly gmemPgoff: number;

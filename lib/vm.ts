@@ -11,7 +11,7 @@ import {
 import { GuestMemfd } from './guest-memfd.js';
 import { Mapping } from './mapping.js';
 import { Memslot, type MemslotBacking, type MemslotOwner } from './memslot.js';
-import { apply, type Change, judge, type MemslotLimits, type RegionRequest, unexplainedMemslotEinval } from './memslot-rules.js';
+import { apply, judge, type MemslotLimits, type RegionRequest, unexplainedMemslotEinval } from './memslot-rules.js';
 import { MemslotTable, type SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
@@ -200,20 +200,21 @@ export class Vm extends FdResource implements MemslotOwner {
       flags, gpa, size, userspaceAddr: 0n, guestMemfdOffset: gmemOffset,
       guestMemfd: gmem === null ? null : { kind: 'guest-memfd', info: gmem },
     };
-    // Judge before mapping anything, then again with the real address.
-    judge(this.limits(), this.#table, req);
+    // Judged once, before anything is mapped: the address of a mapping made
+    // below is page aligned and inside the user address space, so it cannot
+    // change the verdict; the entry gets the real address afterwards.
+    const change = judge(this.limits(), this.#table, req);
+    const entry = (change as { entry: SlotEntry }).entry;
     const { mapping, offset, owns } = this.makeBacking(backing, size, gmem, gmemOffset);
     req.userspaceAddr = mapping === null ? 0n : mapping.address + BigInt(offset);
-    let change: Change;
+    entry.userspaceAddr = req.userspaceAddr;
     try {
-      change = judge(this.limits(), this.#table, req);
       this.sendRegion(fd, req, gmemFd);
     } catch (e) {
       if (owns) mapping?.unmap();
       throw e;
     }
     apply(this.#table, change);
-    const entry = (change as { entry: SlotEntry }).entry;
     const m = new Memslot(this, entry, gmem, backing.kind, mapping, offset, owns);
     this.#slots.set(entry, m);
     return m;
