@@ -59,7 +59,6 @@ static int DoRun(int fd, kvm_run* run, int* err) {
   int r = ioctl(fd, KVM_RUN, 0);
   int e = errno;
   tls_run = nullptr;
-  __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
   if (r == 0) return 0;
   if (e == EINTR) return -EINTR;
   if ((e == EFAULT || e == EHWPOISON) && run->exit_reason == 39 /* KVM_EXIT_MEMORY_FAULT */) return -e;
@@ -111,6 +110,8 @@ static Napi::Value RunSync(const Napi::CallbackInfo& info) {
   int err = 0;
   int r = DoRun(fd, run, &err);
   if (timeoutMs > 0) timer_delete(timer);
+  // A kick that landed after KVM_RUN returned must not cut the next run short.
+  __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
   if (r == 1) ThrowErrno(info.Env(), err, "ioctl(KVM_RUN)");
   return Napi::Number::New(info.Env(), r);
 }
@@ -123,6 +124,7 @@ struct Runner {
   Napi::ThreadSafeFunction done;
   std::thread thread;
   std::mutex mu;
+  std::mutex kickMu;
   std::condition_variable cv;
   bool pending = false;  // a run was requested
   bool stop = false;
@@ -143,7 +145,14 @@ struct Runner {
       // its promise (as an interrupted run) instead of staying pending.
       int err = 0;
       int r = stopping ? -EINTR : DoRun(fd, run, &err);
-      inFlight.store(false);
+      {
+        // Under kickMu, so a concurrent Kick() either lands in this run
+        // (and is cleared here) or sees the run finished and does nothing:
+        // a stale immediate_exit would cut the next run short.
+        std::lock_guard<std::mutex> lk(kickMu);
+        inFlight.store(false);
+        __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+      }
       auto* result = new std::pair<int, int>(r, err);
       done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
         int rr = res->first, ee = res->second;
@@ -169,11 +178,14 @@ struct Runner {
       stop = true;
     }
     cv.notify_one();
-    if (inFlight.load()) Kick();
+    Kick();
     if (thread.joinable()) thread.join();
   }
 
+  // Kicks an in-flight run (no-op otherwise).
   void Kick() {
+    std::lock_guard<std::mutex> lk(kickMu);
+    if (!inFlight.load()) return;
     __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
     if (thread.joinable()) pthread_kill(thread.native_handle(), SigKick());
   }
@@ -236,7 +248,7 @@ static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
 static void RunnerKick(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "runnerKick: expected a runner handle");
   Runner* r = info[0].As<Napi::External<Runner>>().Data();
-  if (!r->stop && r->inFlight.load()) r->Kick();
+  if (!r->stop) r->Kick();
 }
 
 // runnerDestroy(handle): stops the thread (kicking a running guest first).

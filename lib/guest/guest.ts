@@ -46,7 +46,9 @@ export interface RunUntilDoneOptions {
   onSync?: (n: number, guest: Guest) => void | Promise<void>;
   /**
    * Implicit conversion: on a MEMORY_FAULT exit, convert the faulting range
-   * to what the guest accessed and re-enter.
+   * to what the guest accessed and re-enter. (On a 'sw-protected' VM a
+   * private fault can only mean the page has no private backing, so it is
+   * converted to shared.)
    */
   convertOnMemoryFault?: boolean | { discard?: boolean };
   /**
@@ -255,7 +257,13 @@ export class Guest implements Disposable {
   }
 
   private convertFault(exit: MemoryFaultExit, discard: boolean): ConversionRecord {
-    return this.vm.convert({ gpa: exit.gpa, size: exit.size }, exit.private ? 'private' : 'shared', { discard });
+    // On a 'sw-protected' VM an access is private exactly when its page is
+    // (the attributes are the source of truth), so a private fault means the
+    // page has no private backing, e.g. its memslot has no guest_memfd:
+    // converting it to private again would fault forever; shared lets the
+    // guest go on.
+    const to = exit.private && this.vm.type !== 'sw-protected' ? 'private' : 'shared';
+    return this.vm.convert({ gpa: exit.gpa, size: exit.size }, to, { discard });
   }
 
   // As the kernel's private_mem_conversions_test host side does.

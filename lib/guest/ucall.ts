@@ -2,7 +2,8 @@
 // the guest puts the command in EAX, its argument in ESI/RSI (and a second
 // one in ECX/RCX) and executes `out dx, eax` with DX = UCALL_PORT. The host
 // sees an IO exit on that port and reads the arguments from the registers.
-import type { Assembler, Cond, Reg } from './asm.js';
+import { AsmError, type Assembler, type Cond, type Reg } from './asm.js';
+import { regBySize, regInfo } from './asm-operands.js';
 
 export const UCALL_PORT = 0x1000;
 
@@ -20,17 +21,40 @@ function regs(a: Assembler): { arg: Reg; arg2: Reg } {
  */
 export function emitUcall(a: Assembler, cmd: number, arg: number | bigint | Reg = 0, arg2: number | bigint | Reg = 0): Assembler {
   const r = regs(a);
-  const saved: Reg[] = a.bits === 64 ? ['rax', 'rcx', 'rdx', 'rsi'] : a.bits === 32 ? ['eax', 'ecx', 'edx', 'esi'] : ['ax', 'cx', 'dx', 'si'];
+  // ESI/ECX carry the arguments in 16- and 32-bit code, so the 32-bit
+  // registers are the ones saved there (saving AX..SI in real mode lost the
+  // upper halves, and popping ESI after pushing 16-bit words misaligned the stack).
+  const saved: Reg[] = a.bits === 64 ? ['rax', 'rcx', 'rdx', 'rsi'] : ['eax', 'ecx', 'edx', 'esi'];
   for (const s of saved) a.push(s);
-  // Both arguments are read before either register is written, via the stack.
-  a.push(typeof arg === 'string' ? arg : (arg as never));
-  a.push(typeof arg2 === 'string' ? arg2 : (arg2 as never));
-  a.pop(r.arg2).pop(r.arg);
+  if (a.bits === 64) {
+    // Both arguments are read before either register is written, via the stack.
+    a.push(typeof arg === 'string' ? arg : (arg as never));
+    a.push(typeof arg2 === 'string' ? arg2 : (arg2 as never));
+    a.pop(r.arg2).pop(r.arg);
+  } else {
+    loadArgs32(a, [[r.arg, arg], [r.arg2, arg2]]);
+  }
   a.mov('eax', cmd);
   a.mov('dx', UCALL_PORT);
   a.out('dx', 'eax');
   for (const s of saved.reverse()) a.pop(s);
   return a;
+}
+
+// 16/32-bit code: register arguments go through the stack as 32-bit words
+// (all read before any argument register is written, a 16-bit one is then
+// zero-extended); immediates are moved in afterwards, since a push of an
+// immediate is only 16 bits wide in 16-bit code.
+function loadArgs32(a: Assembler, args: [Reg, number | bigint | Reg][]): void {
+  const fromRegs = args.filter((x): x is [Reg, Reg] => typeof x[1] === 'string');
+  for (const [, src] of fromRegs) {
+    const info = regInfo(src);
+    if (info === undefined || info.size === 8 || info.size === 64) throw new AsmError(`ucall argument ${String(src)}: use a 16- or 32-bit register in ${a.bits}-bit code`);
+    a.push(regBySize(32, info.num).name);
+  }
+  for (const [dst] of [...fromRegs].reverse()) a.pop(dst);
+  for (const [dst, src] of fromRegs) if (regInfo(src)?.size === 16) a.and(dst, 0xffff);
+  for (const [dst, v] of args) if (typeof v !== 'string') a.mov(dst, v);
 }
 
 /** Guest-side helpers bound to one assembler. */
