@@ -62,6 +62,32 @@ export type VcpuExit =
   | { kind: 'system-event'; type: number; data: bigint[] }
   | { kind: 'other'; exitReason: number };
 
+// An IO exit whose data view is made on first use: most exits on hot paths
+// never look at the bytes, and a typed array over the kvm_run page costs
+// more to create than the rest of the decode.
+class IoExitView implements IoExit {
+  readonly kind = 'io';
+  readonly direction: 'in' | 'out';
+  readonly port: number;
+  readonly #run: DataView;
+  #data: Uint8Array | undefined;
+  constructor(run: DataView, readonly size: number, readonly count: number) {
+    this.#run = run;
+    this.direction = run.getUint8(32) === 0 ? 'in' : 'out';
+    this.port = run.getUint16(34, true);
+  }
+
+  get data(): Uint8Array {
+    const run = this.#run;
+    this.#data ??= new Uint8Array(run.buffer, run.byteOffset + Number(run.getBigUint64(40, true)), this.size * this.count);
+    return this.#data;
+  }
+
+  toJSON(): object {
+    return { kind: this.kind, direction: this.direction, size: this.size, port: this.port, count: this.count, data: [...this.data] };
+  }
+}
+
 function words(v: DataView, count: number, max: number): bigint[] {
   const out: bigint[] = [];
   for (let i = 0; i < Math.min(count, max); i++) out.push(v.getBigUint64(40 + i * 8, true));
@@ -76,11 +102,7 @@ export function decodeExit(run: DataView, r: number): VcpuExit {
     case ExitReason.IO: {
       const size = run.getUint8(33);
       const count = run.getUint32(36, true);
-      const off = Number(run.getBigUint64(40, true));
-      return {
-        kind: 'io', direction: run.getUint8(32) === 0 ? 'in' : 'out', size, port: run.getUint16(34, true), count,
-        data: new Uint8Array(run.buffer, run.byteOffset + off, size * count),
-      };
+      return new IoExitView(run, size, count);
     }
     case ExitReason.MMIO: {
       const length = run.getUint32(48, true);

@@ -36,6 +36,29 @@ void ThrowErrno(Napi::Env env, int err, const char* syscall) {
   throw Napi::Error(env, e);
 }
 
+napi_value ThrowErrnoRaw(napi_env env, int err, const char* syscall) {
+  AddonData* d = nullptr;
+  napi_get_instance_data(env, reinterpret_cast<void**>(&d));
+  napi_value factory = nullptr, args[2], result = nullptr;
+  if (d == nullptr || d->errorFactory.IsEmpty() || napi_get_reference_value(env, d->errorFactory, &factory) != napi_ok) {
+    napi_throw_error(env, nullptr, (std::string(syscall) + " failed: errno " + std::to_string(err)).c_str());
+    return nullptr;
+  }
+  napi_create_int32(env, err, &args[0]);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &args[1]);
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (napi_call_function(env, undefined, factory, 2, args, &result) == napi_ok) napi_throw(env, result);
+  return nullptr;
+}
+
+bool RawSmallInt(napi_env env, napi_value v, int32_t* out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d <= INT32_MAX) || std::floor(d) != d) return false;
+  *out = static_cast<int32_t>(d);
+  return true;
+}
+
 static std::string Where(const char* fn, const char* name) {
   return std::string(fn) + ": argument '" + name + "'";
 }

@@ -41,6 +41,12 @@ AddonData& Data(Napi::Env env);
 // and throws it. `err` must be the errno captured right after the syscall.
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
 
+// The same for plain Node-API callbacks (the hot paths that skip
+// node-addon-api's wrappers): throws the factory's error and returns nullptr.
+napi_value ThrowErrnoRaw(napi_env env, int err, const char* syscall);
+// Reads a non-negative integer below 2^31 (an fd or a small id); false if not.
+bool RawSmallInt(napi_env env, napi_value v, int32_t* out);
+
 // Argument checks. `fn` names the binding function in the message.
 void ExpectArgs(const Napi::CallbackInfo& info, size_t n, const char* fn);
 int FdArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);

@@ -86,13 +86,23 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
 }
 
 // runSync(vcpuFd, runBuffer, timeoutMs) -> 0 | -EINTR | -EFAULT | -EHWPOISON.
-// timeoutMs > 0 arms a one-shot timer that kicks this thread.
-static Napi::Value RunSync(const Napi::CallbackInfo& info) {
-  const char* fn = "runSync";
-  ExpectArgs(info, 3, fn);
-  int fd = FdArg(info, 0, fn, "vcpuFd");
-  kvm_run* run = RunArg(info, 1, fn);
-  uint32_t timeoutMs = U32Arg(info, 2, fn, "timeoutMs");
+// timeoutMs > 0 arms a one-shot timer that kicks this thread. Plain
+// Node-API (no node-addon-api wrappers): it is on every exit's path.
+static napi_value RunSync(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr);
+  int32_t fd, timeoutMs;
+  void* data = nullptr;
+  size_t len = 0;
+  bool isAb = false;
+  if (argc != 3 || !RawSmallInt(env, argv[0], &fd) || !RawSmallInt(env, argv[2], &timeoutMs) ||
+      napi_is_arraybuffer(env, argv[1], &isAb) != napi_ok || !isAb ||
+      napi_get_arraybuffer_info(env, argv[1], &data, &len) != napi_ok || data == nullptr || len < sizeof(kvm_run)) {
+    napi_throw_type_error(env, nullptr, "runSync: expected (vcpuFd, the live kvm_run ArrayBuffer, timeoutMs)");
+    return nullptr;
+  }
+  kvm_run* run = static_cast<kvm_run*>(data);
   timer_t timer{};
   if (timeoutMs > 0) {
     InstallKickHandler();
@@ -101,7 +111,7 @@ static Napi::Value RunSync(const Napi::CallbackInfo& info) {
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = SigKick();
     sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
-    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) ThrowErrno(info.Env(), errno, "timer_create");
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) return ThrowErrnoRaw(env, errno, "timer_create");
     itimerspec its{};
     its.it_value.tv_sec = timeoutMs / 1000;
     its.it_value.tv_nsec = (timeoutMs % 1000) * 1000000L;
@@ -112,8 +122,10 @@ static Napi::Value RunSync(const Napi::CallbackInfo& info) {
   if (timeoutMs > 0) timer_delete(timer);
   // A kick that landed after KVM_RUN returned must not cut the next run short.
   __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-  if (r == 1) ThrowErrno(info.Env(), err, "ioctl(KVM_RUN)");
-  return Napi::Number::New(info.Env(), r);
+  if (r == 1) return ThrowErrnoRaw(env, err, "ioctl(KVM_RUN)");
+  napi_value out;
+  napi_create_int32(env, r, &out);
+  return out;
 }
 
 // A thread that runs KVM_RUN for one vCPU on request.
@@ -317,7 +329,9 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
 
 void InitVcpu(Napi::Env env, Napi::Object exports) {
   exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
-  exports.Set("runSync", Napi::Function::New(env, RunSync, "runSync"));
+  napi_value runSync;
+  napi_create_function(env, "runSync", NAPI_AUTO_LENGTH, RunSync, nullptr, &runSync);
+  exports.Set("runSync", Napi::Value(env, runSync));
   exports.Set("runnerCreate", Napi::Function::New(env, RunnerCreate, "runnerCreate"));
   exports.Set("runnerRun", Napi::Function::New(env, RunnerRun, "runnerRun"));
   exports.Set("runnerKick", Napi::Function::New(env, RunnerKick, "runnerKick"));
