@@ -2,8 +2,8 @@ import { defineConfig } from 'vitest/config';
 
 // The test-VM tier (npm run test:vm): the files with private-memory tests,
 // run inside a Linux 6.12 guest whose KVM offers KVM_X86_SW_PROTECTED_VM.
-// There they must not skip: test/vm-tier.test.ts fails the run if any
-// private-memory test was skipped.
+// There they must not skip: test/support/vm-skip-guard.ts fails the run if
+// any private-memory test was skipped.
 export default defineConfig({
   cacheDir: '/tmp/vitest-cache',
   test: {
@@ -21,6 +21,6 @@ export default defineConfig({
     hookTimeout: 300_000,
     // TCG is slow and has 2 vCPUs: run files one after another.
     fileParallelism: false,
-    reporters: ['default'],
+    reporters: ['default', './test/support/vm-skip-guard.ts'],
   },
 });
