@@ -8,6 +8,7 @@ export default defineConfig({
   cacheDir: '/tmp/vitest-cache',
   test: {
     pool: 'forks',
+    globalSetup: ['./test/support/vm-holder.ts'],
     include: [
       'test/private-memory.test.ts',
       'test/attributes.test.ts',
