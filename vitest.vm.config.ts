@@ -20,7 +20,7 @@ export default defineConfig({
     ],
     testTimeout: 300_000,
     hookTimeout: 300_000,
-    // TCG is slow and has 2 vCPUs: run files one after another.
+    // TCG is slow and the VM has one CPU: run files one after another.
     fileParallelism: false,
     reporters: ['default', './test/support/vm-skip-guard.ts'],
   },

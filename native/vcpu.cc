@@ -141,6 +141,9 @@ struct Runner {
   bool pending = false;  // a run was requested
   bool stop = false;
   std::atomic<bool> inFlight{false};
+  int refs = 2;           // the External and the thread-safe function
+  bool tsfnGone = false;  // the thread-safe function was finalized
+  bool released = false;  // Release() was called on it
   std::vector<Napi::Promise::Deferred> waiters;
 
   void Loop() {
@@ -166,7 +169,7 @@ struct Runner {
         __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
       }
       auto* result = new std::pair<int, int>(r, err);
-      done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
+      napi_status st = done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
         int rr = res->first, ee = res->second;
         delete res;
         Napi::Promise::Deferred d = waiters.front();
@@ -180,6 +183,8 @@ struct Runner {
           d.Resolve(Napi::Number::New(env, rr));
         }
       });
+      // The function is closing (environment teardown): nobody waits anymore.
+      if (st != napi_ok) delete result;
       if (stopping) return;
     }
   }
@@ -203,15 +208,29 @@ struct Runner {
   }
 };
 
-// The External's finalizer stops the thread and releases the thread-safe
-// function; the Runner itself is freed by that function's finalizer, which
-// runs only after every queued completion has been delivered.
-static void FinalizeRunner(Napi::Env, Runner* r) {
-  r->Stop();
-  r->done.Release();
+// The Runner has two owners, both finalized on the main thread in either
+// order (at environment teardown Node finalizes thread-safe functions and
+// Externals in no fixed order): the External handed to JavaScript and the
+// thread-safe function. Each stops the thread (idempotent) and drops its
+// reference; the last one frees the Runner.
+static void Unref(Runner* r) {
+  if (--r->refs == 0) delete r;
 }
 
-static void DeleteRunner(Napi::Env, void*, Runner* r) { delete r; }
+static void FinalizeRunner(Napi::Env, Runner* r) {
+  r->Stop();
+  if (!r->tsfnGone && !r->released) {
+    r->released = true;
+    r->done.Release();
+  }
+  Unref(r);
+}
+
+static void DeleteRunner(Napi::Env, void*, Runner* r) {
+  r->tsfnGone = true;
+  r->Stop();
+  Unref(r);
+}
 
 // runnerCreate(vcpuFd, runBuffer) -> handle
 static Napi::Value RunnerCreate(const Napi::CallbackInfo& info) {

@@ -116,10 +116,11 @@ export class Guest implements Disposable {
   static realMode(vm: Vm, options: GuestOptions): Guest {
     const entry = options.entry ?? Layout.REAL_MODE_CODE;
     const { memslot, gmem } = guestMemory(vm, options.memory);
+    let vcpu: Vcpu | undefined;
     try {
       const program = assemble(16, entry, options.code);
       memslot.view(entry, program.bytes.length).set(program.bytes);
-      const vcpu = vm.createVcpu(options.vcpuId ?? 0);
+      vcpu = vm.createVcpu(options.vcpuId ?? 0);
       vcpu.setCpuid(vm.supportedCpuid());
       vcpu.updateSregs((s) => {
         for (const seg of [s.cs, s.ds, s.es, s.ss, s.fs, s.gs]) {
@@ -134,6 +135,8 @@ export class Guest implements Disposable {
       });
       return new Guest(vm, vcpu, memslot, gmem, program, 'real');
     } catch (e) {
+      // Nothing of a guest that failed to build stays behind.
+      vcpu?.close();
       memslot.delete();
       gmem?.close();
       throw e;
@@ -149,11 +152,12 @@ export class Guest implements Disposable {
   static longMode(vm: Vm, options: GuestOptions): Guest {
     const entry = options.entry ?? Layout.CODE;
     const { memslot, gmem } = guestMemory(vm, options.memory);
+    let vcpu: Vcpu | undefined;
     try {
       writeTables(memslot);
       const program = assemble(64, entry, options.code);
       memslot.view(entry, program.bytes.length).set(program.bytes);
-      const vcpu = vm.createVcpu(options.vcpuId ?? 0);
+      vcpu = vm.createVcpu(options.vcpuId ?? 0);
       vcpu.setCpuid(vm.supportedCpuid());
       enterLongMode(vcpu);
       vcpu.updateRegs((r) => {
@@ -164,6 +168,8 @@ export class Guest implements Disposable {
       });
       return new Guest(vm, vcpu, memslot, gmem, program, 'long');
     } catch (e) {
+      // Nothing of a guest that failed to build stays behind.
+      vcpu?.close();
       memslot.delete();
       gmem?.close();
       throw e;

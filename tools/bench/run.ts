@@ -156,7 +156,7 @@ async function main(): Promise<void> {
     const { runInTestVm } = await import('../testvm/index.js');
     compileTwin();
     const r = await runInTestVm({
-      command: ['node', join(ROOT, 'dist/tools/bench/run.js'), '--cases', 'convert-4k,convert-4k-discard', '--json', '/tmp/bench.json', ...(args.includes('--quick') ? ['--quick'] : [])],
+      command: ['node', join(ROOT, 'dist/tools/bench/run.js'), '--cases', 'convert-4k,convert-4k-discard', '--json', '/run/testvm/bench.json', ...(args.includes('--quick') ? ['--quick'] : [])],
       cwd: ROOT,
       onOutput: (chunk: string) => process.stdout.write(chunk),
     });
@@ -166,8 +166,11 @@ async function main(): Promise<void> {
   const rounds = Number(opt('--rounds') ?? 5);
   const only = opt('--cases')?.split(',');
   const quick = args.includes('--quick');
-  compileTwin();
-  cases.writeGuestImage(IMAGE);
+  // Inside the test VM the project is read-only: the host compiled the twin
+  // before booting, and results go to the run's writable share.
+  const inVm = process.env.TESTVM === '1';
+  if (!inVm) compileTwin();
+  if (!only || only.some((c) => c.startsWith('kvm-run-io'))) cases.writeGuestImage(inVm ? join(process.env.TMPDIR ?? '/tmp', 'guest.img') : IMAGE);
   using kvm = Kvm.open();
   const rows: Row[] = [];
   for (const c of allCases(quick)) {
@@ -184,8 +187,9 @@ async function main(): Promise<void> {
   console.log(`\nkvm-gmem benchmarks: Linux ${machine.kernel}, ${machine.cpu} (${machine.cores} cores), Node ${machine.node}\n`);
   printTable(rows);
   const json = JSON.stringify({ machine, rows }, null, 2);
-  writeFileSync(opt('--json') ?? join(OUT, 'results.json'), json);
-  console.log(`\nJSON: ${opt('--json') ?? join(OUT, 'results.json')}`);
+  const jsonPath = opt('--json') ?? join(OUT, 'results.json');
+  writeFileSync(jsonPath, json);
+  console.log(`\nJSON: ${jsonPath}`);
 }
 
 main().catch((e: unknown) => {
