@@ -14,7 +14,7 @@ import {
   type Assembler, type Capabilities, Guest, GuestAssertError, type GuestIo, type GuestOptions, GuestTimeoutError, type Kvm, mem,
   MissingCapabilityError, type RunResult, UnexpectedExitError, type VcpuExit, type Vm, type VmTypeName,
 } from '../lib/index.js';
-import { hostCaps, openKvm, vmCaps } from './helpers.js';
+import { hostCaps, newVm, openKvm, vmCaps } from './helpers.js';
 
 const kvmPvm = existsSync('/sys/module/kvm_pvm');
 const offeredTypes = hostCaps().vmTypes;
@@ -39,22 +39,6 @@ const PRIVATE = "(needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE, on a 'sw-protect
 // Guest data pages: below the real-mode stack's 64 KiB segment, and at 1 MiB for 64-bit guests.
 const REAL_DATA = 0x9000;
 const DATA = 0x10_0000;
-
-interface VmHandle extends Disposable {
-  kvm: Kvm;
-  vm: Vm;
-}
-
-function newVm(type: VmTypeName = 'default'): VmHandle {
-  const kvm = openKvm();
-  try {
-    const vm = kvm.createVm({ type });
-    return { kvm, vm, [Symbol.dispose]: () => { vm.close(); kvm.close(); } };
-  } catch (e) {
-    kvm.close();
-    throw e;
-  }
-}
 
 /** Builds a guest and prints its listing if the test fails. */
 function build(mode: 'real' | 'long', vm: Vm, options: GuestOptions): Guest {

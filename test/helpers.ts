@@ -91,3 +91,20 @@ export function tables(vm: Vm, gmems: readonly GuestMemfd[] = []) {
     attributeRanges: vm.attributeRanges(),
   };
 }
+
+/** A VM and the Kvm it came from, closed together (`using h = newVm()`). */
+export interface VmHandle extends Disposable {
+  kvm: Kvm;
+  vm: Vm;
+}
+
+export function newVm(type: VmTypeName = 'default'): VmHandle {
+  const kvm = openKvm();
+  try {
+    const vm = kvm.createVm({ type });
+    return { kvm, vm, [Symbol.dispose]: () => { vm.close(); kvm.close(); } };
+  } catch (e) {
+    kvm.close();
+    throw e;
+  }
+}

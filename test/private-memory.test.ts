@@ -53,7 +53,7 @@ import {
   KVM_MAP_GPA_RANGE_ENCRYPTED, KvmError, type Kvm, Mapping, mem, MemoryAttribute, type MemoryFaultExit, MemslotFlagsError,
   raw, Ucall, UCALL_PORT, UnexpectedExitError, type Vcpu, type VcpuExit, type Vm,
 } from '../lib/index.js';
-import { expectKernel, expectKernelAgrees, expectRule, hostCaps, openKvm, tables, vmCaps } from './helpers.js';
+import { expectKernel, expectKernelAgrees, expectRule, hostCaps, newVm, openKvm, tables, vmCaps } from './helpers.js';
 
 // Under QEMU TCG the test VM's kernel sometimes oopses ("int3" in
 // __schedule) while it patches a static key, and KVM flips two of them each
@@ -81,22 +81,6 @@ const PAGE = 0x1000;
 const RUN_MS = 60_000;
 const KVM_EINVAL = BigInt.asUintN(64, -22n);
 const KVM_ENOSYS = BigInt.asUintN(64, -1000n);
-
-interface VmHandle extends Disposable {
-  kvm: Kvm;
-  vm: Vm;
-}
-
-function newVm(type: 'sw-protected' | 'default' = 'sw-protected'): VmHandle {
-  const kvm = openKvm();
-  try {
-    const vm = kvm.createVm({ type });
-    return { kvm, vm, [Symbol.dispose]: () => { vm.close(); kvm.close(); } };
-  } catch (e) {
-    kvm.close();
-    throw e;
-  }
-}
 
 /** A 64-bit guest on guest_memfd memory (on a sw-protected VM: guest_memfd + anonymous shared backing). */
 function longGuest(vm: Vm, code: (a: Assembler, io: GuestIo) => void, kind: 'guest-memfd' | 'anonymous' = 'guest-memfd'): Guest {
@@ -233,7 +217,7 @@ async function expectShadowMatchesGuest(r: RemoteGuest, pages: readonly number[]
 
 describe.skipIf(!hasSwProtected)(`conversions seen by a guest ${NEEDS}`, () => {
   test('one page, step by step: zeros when freshly private, private writes invisible to the host, both copies kept without discard, zeros after a discard or a punch', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using r = RemoteGuest.create(h.vm);
     const { vm } = h;
     const P = 0x10_0000;
@@ -296,7 +280,7 @@ describe.skipIf(!hasSwProtected)(`conversions seen by a guest ${NEEDS}`, () => {
   });
 
   test('a range over three memslots and a hole: records per memslot with skipped reasons, and after each step the shadow map predicts every page', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using r = RemoteGuest.create(h.vm);
     const { vm } = h;
     // [0x1fe000, 0x20a000): 2 pages of the guest's memslot (guest_memfd), 4 of
@@ -393,7 +377,7 @@ describe.skipIf(!hasSwProtected)(`memory-fault exits ${NEEDS}`, () => {
   const P = 0x20_0000;
 
   test('a private gfn in a memslot without guest_memfd: KVM_RUN gives a memory-fault exit (private, page gpa, size 4096, EFAULT) again and again until the page is shared', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       a.label('load');
       a.mov('rax', mem(64, { disp: P + 0x18 }));
@@ -424,7 +408,7 @@ describe.skipIf(!hasSwProtected)(`memory-fault exits ${NEEDS}`, () => {
   });
 
   test('a private gfn whose guest_memfd memslot was deleted: memory-fault exit with the private flag; made shared, the same access is MMIO', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       a.mov(mem(64, { disp: P }), 0x4444);
       a.mov('rax', mem(64, { disp: P }));
@@ -454,7 +438,7 @@ describe.skipIf(!hasSwProtected)(`memory-fault exits ${NEEDS}`, () => {
   });
 
   test('convertOnMemoryFault fixes the faults conversion can fix, by converting to shared: no guest_memfd, or a closed one (discard skipped with the reason)', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     const X = 0x20_0000; // plain memslot
     const Y = 0x30_0000; // guest_memfd memslot whose file the host closes
     using g = longGuest(h.vm, (a, io) => {
@@ -486,7 +470,7 @@ describe.skipIf(!hasSwProtected)(`memory-fault exits ${NEEDS}`, () => {
   });
 
   test('convertOnMemoryFault where conversion cannot help (memslot deleted): the page becomes shared and the access turns into an MMIO exit', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       a.mov('rax', mem(64, { disp: P }));
       io.print('rax');
@@ -502,7 +486,7 @@ describe.skipIf(!hasSwProtected)(`memory-fault exits ${NEEDS}`, () => {
   });
 
   test('a private-only memslot (userspace_addr 0): private accesses work, discard to private is skipped; a shared access fails KVM_RUN with EFAULT and no memory-fault exit', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       a.mov(mem(64, { disp: P + 8 }), 0x77);
       a.mov('rax', mem(64, { disp: P + 8 }));
@@ -630,7 +614,7 @@ describe.skipIf(!hasSwProtected)(`guest-requested conversions: KVM_HC_MAP_GPA_RA
   const NPAGES = 4;
 
   test("one vCPU: RAX 0 for each request, the host's shared data visible, fresh private memory zero, private writes kept from the host; vmcall is patched into vmmcall on AMD", async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       conversionFlow(a, io, BASE0, NPAGES, 0, 'vmcall');
       io.done();
@@ -665,7 +649,7 @@ describe.skipIf(!hasSwProtected)(`guest-requested conversions: KVM_HC_MAP_GPA_RA
       io.done();
     };
     {
-      using h = newVm();
+      using h = newVm('sw-protected');
       using g = longGuest(h.vm, program);
       g.enableMapGpaRangeExits();
       const r = await g.runUntilDone({ timeoutMs: RUN_MS, mapGpaRange: true });
@@ -674,7 +658,7 @@ describe.skipIf(!hasSwProtected)(`guest-requested conversions: KVM_HC_MAP_GPA_RA
       expect(r.exits).toBe(5); // 3 prints, 1 hypercall, done
     }
     {
-      using h = newVm();
+      using h = newVm('sw-protected');
       using g = longGuest(h.vm, program);
       const r = await g.runUntilDone({ timeoutMs: RUN_MS, mapGpaRange: true });
       // The capability is checked before the arguments.
@@ -685,7 +669,7 @@ describe.skipIf(!hasSwProtected)(`guest-requested conversions: KVM_HC_MAP_GPA_RA
   });
 
   test('two vCPUs, each converting its own range, running at once (they meet at a barrier while both ranges are private)', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     const { vm } = h;
     const CODE1 = 0x14000;
     using g = longGuest(vm, (a, io) => {
@@ -754,7 +738,7 @@ describe.skipIf(!hasSwProtected)(`KVM_PRE_FAULT_MEMORY on a sw-protected VM ${NE
   }
 
   test('inside a memslot (shared or private): done, nothing remains; the guest then reads the pre-faulted private page as zero', async () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (a, io) => {
       a.mov('rax', mem(64, { disp: 0x18_0000 }));
       io.print('rax');
@@ -768,7 +752,7 @@ describe.skipIf(!hasSwProtected)(`KVM_PRE_FAULT_MEMORY on a sw-protected VM ${NE
   });
 
   test('partly outside: partial progress returns the remainder (no error); the remainder alone is ENOENT; entirely outside is ENOENT', () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (_a, io) => io.done());
     const end = g.memslot.gpa + g.memslot.size;
     expect(g.vcpu.preFaultMemory({ gpa: end - 0x2000, size: 0x4000 })).toEqual({ gpa: BigInt(end), size: 0x2000n });
@@ -778,7 +762,7 @@ describe.skipIf(!hasSwProtected)(`KVM_PRE_FAULT_MEMORY on a sw-protected VM ${NE
   });
 
   test('a private gfn KVM cannot back: EFAULT (no memslot: EFAULT, not ENOENT), with a memory-fault exit left in kvm_run', () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     using g = longGuest(h.vm, (_a, io) => io.done());
     const P = 0x20_0000;
     h.vm.addMemslot({ gpa: P, size: 0x2000 }); // no guest_memfd
@@ -802,7 +786,7 @@ describe.skipIf(!hasSwProtected)(`KVM_PRE_FAULT_MEMORY on a sw-protected VM ${NE
 
 describe.skipIf(!hasSwProtected)(`rules only a private-memory VM can hit, checked first and confirmed by the kernel ${NEEDS}`, () => {
   test('memory attributes: PRIVATE is accepted; an unsupported bit is AttributeRuleError memory-attributes-unsupported, and raw EINVAL', () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     const { vm } = h;
     expect(vm.capabilities().memoryAttributes).toEqual({ private: true, bits: PRIVATE });
     vm.setMemoryAttributes({ gpa: 0x10_0000, size: 0x2000 }, PRIVATE);
@@ -818,7 +802,7 @@ describe.skipIf(!hasSwProtected)(`rules only a private-memory VM can hit, checke
   });
 
   test("guest_memfd create flags: 'mmap' and 'init-shared' are refused for this VM type (GuestMemfdRuleError), raw EINVAL", () => {
-    using h = newVm();
+    using h = newVm('sw-protected');
     const { vm } = h;
     expect(vm.capabilities().guestMemfdFlagBits).toBe(0);
     const kept = vm.createGuestMemfd({ size: PAGE });

@@ -24,7 +24,7 @@ import {
   type Assembler, ClosedError, Guest, type GuestIo, type Kvm, KvmError, mem, MissingCapabilityError, raw, type Regs, type Vm,
   type VcpuExit, type VmTypeName,
 } from '../lib/index.js';
-import { hostCaps, openKvm, vmCaps } from './helpers.js';
+import { hostCaps, newVm, openKvm, vmCaps, type VmHandle } from './helpers.js';
 
 const caps = hostCaps();
 // The paravirtualized KVM of the development machines (see the header).
@@ -34,22 +34,6 @@ const hypercallExitOffered = (caps.exitHypercall & (1 << KVM_HC_MAP_GPA_RANGE)) 
 // An address with no memslot; the long-mode page tables map it (4 GiB identity map).
 const MMIO_GPA = 0xd0000000;
 const KVM_INTERNAL_ERROR_EMULATION = 1;
-
-interface VmHandle extends Disposable {
-  kvm: Kvm;
-  vm: Vm;
-}
-
-function newVm(type: VmTypeName = 'default'): VmHandle {
-  const kvm = openKvm();
-  try {
-    const vm = kvm.createVm({ type });
-    return { kvm, vm, [Symbol.dispose]: () => { vm.close(); kvm.close(); } };
-  } catch (e) {
-    kvm.close();
-    throw e;
-  }
-}
 
 /** A 64-bit guest whose listing is printed if the test fails. */
 function longGuest(vm: Vm, code: (a: Assembler, io: GuestIo) => void): Guest {
