@@ -216,7 +216,11 @@ export class Guest implements Disposable {
       const left = deadline - Date.now();
       const exit = left > 0 ? await this.vcpu.run({ timeoutMs: left }) : ({ kind: 'interrupted' } as const);
       result.exits++;
-      if (exit.kind === 'interrupted') throw new GuestTimeoutError(timeoutMs, this.vcpu.getRegs().rip);
+      if (exit.kind === 'interrupted') {
+        // The deadline's kick, or someone else's (vcpu.kick(), a signal).
+        if (Date.now() >= deadline) throw new GuestTimeoutError(timeoutMs, this.vcpu.getRegs().rip);
+        throw new UnexpectedExitError(exit, this.vcpu.getRegs().rip);
+      }
       if (exit.kind === 'io' && exit.port === UCALL_PORT && exit.direction === 'out' && exit.size === 4) {
         if (await this.ucall(exit.data, result, options)) return result;
         continue;

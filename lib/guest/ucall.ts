@@ -27,6 +27,10 @@ export function emitUcall(a: Assembler, cmd: number, arg: number | bigint | Reg 
   const saved: Reg[] = a.bits === 64 ? ['rax', 'rcx', 'rdx', 'rsi'] : ['eax', 'ecx', 'edx', 'esi'];
   for (const s of saved) a.push(s);
   if (a.bits === 64) {
+    for (const v of [arg, arg2]) {
+      // push/pop of a 16-bit register would misalign the 64-bit stack.
+      if (typeof v === 'string' && regInfo(v)?.size !== 64) throw new AsmError(`ucall argument ${v}: use a 64-bit register in 64-bit code`);
+    }
     // Both arguments are read before either register is written, via the stack.
     a.push(typeof arg === 'string' ? arg : (arg as never));
     a.push(typeof arg2 === 'string' ? arg2 : (arg2 as never));
