@@ -9,6 +9,7 @@ import {
   MemslotIdError, MemslotOverlapError, RangeWrapError, UserAddressError,
 } from './errors.js';
 import { type GuestMemfdInfo, type MemslotTable, type SlotEntry } from './memslot-table.js';
+import type { Interval, IntervalMap } from './util/interval-map.js';
 import { KVM_MEM_MAX_NR_PAGES, MEM_FLAGS_KNOWN, MemFlag, PAGE_SHIFT, U64_MAX } from './uapi.js';
 
 /** What the VM allows, read from its capabilities once. */
@@ -73,7 +74,24 @@ function checkFlags(l: MemslotLimits, flags: number): void {
   }
 }
 
+// Below 2^53 every field is exact as a number, and sums of two stay below
+// 2^54: far from 2^64 and, past 2^53, beyond every limit they are compared
+// with. So real requests are checked without allocating a bigint (the
+// bookkeeping cost at 32,764 memslots, docs/BENCHMARKS.md); anything else,
+// or any failure, takes the exact bigint path below, which names the rule.
+const SAFE = 1n << 53n;
+
+function passesGeneral(l: MemslotLimits, r: RegionRequest, asId: number): boolean {
+  if (r.size >= SAFE || r.gpa >= SAFE || r.userspaceAddr >= SAFE || r.guestMemfdOffset >= SAFE) return false;
+  const size = Number(r.size);
+  const ua = Number(r.userspaceAddr);
+  return size % 4096 === 0 && Number(r.gpa) % 4096 === 0 && ua % 4096 === 0 && ua + size <= Number(l.taskSizeMax) &&
+    (!(r.flags & MemFlag.GUEST_MEMFD) || Number(r.guestMemfdOffset) % 4096 === 0) &&
+    asId < l.addressSpaces && size / 4096 <= KVM_MEM_MAX_NR_PAGES;
+}
+
 function checkGeneral(l: MemslotLimits, r: RegionRequest, asId: number, id: number): void {
+  if (passesGeneral(l, r, asId)) return;
   const ctx = slotName(asId, id);
   if (r.size & PAGE_MASK) throw new AlignmentError('memory_size', r.size, ctx);
   if (r.gpa & PAGE_MASK) throw new AlignmentError('guest_phys_addr', r.gpa, ctx);
@@ -116,21 +134,23 @@ function checkModify(r: RegionRequest, old: SlotEntry, npages: number, baseGfn: 
 }
 
 function checkBinding(l: MemslotLimits, r: RegionRequest, asId: number, id: number, baseGfn: number, npages: number): GuestMemfdInfo {
-  const ctx = slotName(asId, id);
   const t = r.guestMemfd;
+  const ctx = t !== null && t.kind === 'guest-memfd' && t.info.vmId === l.vmId ? '' : slotName(asId, id);
   if (t === null || t.kind === 'bad-fd') {
     throw new GuestMemfdRuleError('guest-memfd-bad-fd', `${ctx}: guest_memfd ${t?.fd ?? '(none)'} is not an open file descriptor`, { fd: t?.fd }, 9 /* EBADF */);
   }
   if (t.kind === 'not-guest-memfd') throw new GuestMemfdRuleError('not-a-guest-memfd', `${ctx}: fd ${t.fd} is not a guest_memfd`, { fd: t.fd });
   const g = t.info;
   if (g.vmId !== l.vmId) throw new GuestMemfdRuleError('guest-memfd-of-another-vm', `${ctx}: ${g.label} belongs to another VM`, { guestMemfd: g.label });
-  const end = r.guestMemfdOffset + r.size;
-  if (r.guestMemfdOffset >= 1n << 63n || end > BigInt(g.size)) {
+  const pgoff = Number(r.guestMemfdOffset) / 4096;
+  const beyondEof = r.guestMemfdOffset < SAFE && r.size < SAFE && Number.isSafeInteger(g.size)
+    ? Number(r.guestMemfdOffset) + Number(r.size) > g.size
+    : r.guestMemfdOffset + r.size > BigInt(g.size);
+  if (r.guestMemfdOffset >= 1n << 63n || beyondEof) {
     throw new GuestMemfdRuleError('guest-memfd-range',
-      `${ctx}: guest_memfd_offset ${hex(r.guestMemfdOffset)} + size ${hex(r.size)} ends beyond the end of ${g.label} (size ${hex(g.size)})`,
+      `${slotName(asId, id)}: guest_memfd_offset ${hex(r.guestMemfdOffset)} + size ${hex(r.size)} ends beyond the end of ${g.label} (size ${hex(g.size)})`,
       { offset: r.guestMemfdOffset, size: r.size, fileSize: g.size });
   }
-  const pgoff = Number(r.guestMemfdOffset >> BigInt(PAGE_SHIFT));
   const hit = g.bindings.firstOverlap(pgoff, pgoff + npages);
   if (hit !== undefined) {
     const o = hit.value;
@@ -159,8 +179,9 @@ export function judge(l: MemslotLimits, table: MemslotTable, r: RegionRequest): 
     if (old === undefined) throw new MemslotChangeError('memslot-not-found', `${slotName(asId, id)} does not exist, so it cannot be deleted`, { slot: id, asId });
     return { kind: 'delete', old };
   }
-  const baseGfn = Number(r.gpa >> BigInt(PAGE_SHIFT));
-  const npages = Number(r.size >> BigInt(PAGE_SHIFT));
+  // Page aligned and below 2^64: at most 52 significant bits, exact as numbers.
+  const baseGfn = Number(r.gpa) / 4096;
+  const npages = Number(r.size) / 4096;
   let change: Change;
   if (old !== undefined) {
     change = checkModify(r, old, npages, baseGfn);
@@ -168,7 +189,7 @@ export function judge(l: MemslotLimits, table: MemslotTable, r: RegionRequest): 
   }
   // Like kvm_check_memslot_overlap(): any overlapping slot but this id's own
   // (a move may overlap its old place and still collide with a neighbour).
-  const hit = table.gfnIndex(asId).overlapping(baseGfn, baseGfn + npages).find((i) => i.value.id !== id);
+  const hit = overlapOtherThan(table.gfnIndex(asId), baseGfn, baseGfn + npages, id);
   if (hit !== undefined) {
     throw new MemslotOverlapError({ slot: id, asId }, { start: baseGfn, end: baseGfn + npages }, { slot: hit.value.id, asId }, { start: hit.start, end: hit.end });
   }
@@ -176,9 +197,19 @@ export function judge(l: MemslotLimits, table: MemslotTable, r: RegionRequest): 
   const gmem = r.flags & MemFlag.GUEST_MEMFD ? checkBinding(l, r, asId, id, baseGfn, npages) : null;
   const entry: SlotEntry = {
     asId, id, flags: r.flags, baseGfn, npages, userspaceAddr: r.userspaceAddr, gmem,
-    gmemPgoff: gmem === null ? 0 : Number(r.guestMemfdOffset >> BigInt(PAGE_SHIFT)),
+    gmemPgoff: gmem === null ? 0 : Number(r.guestMemfdOffset) / 4096,
   };
   return { kind: 'create', entry };
+}
+
+// The first memslot overlapping [start, end) other than `id` itself (a move
+// may overlap its own old place). Slots are disjoint, so after skipping the
+// own one, only the next one up can still overlap.
+function overlapOtherThan(index: IntervalMap<SlotEntry>, start: number, end: number, id: number): Interval<SlotEntry> | undefined {
+  const hit = index.firstOverlap(start, end);
+  if (hit === undefined || hit.value.id !== id) return hit;
+  const next = index.higher(hit.start);
+  return next !== undefined && next.start < end ? next : undefined;
 }
 
 /** Records a change the kernel accepted. */
