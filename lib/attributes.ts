@@ -21,10 +21,14 @@ export class AttributeMap {
 
   /** Sets [start, end) to `attrs`, splitting and merging neighbours. */
   set(start: number, end: number, attrs: number): void {
-    for (const o of this.map.overlapping(start, end)) {
-      this.map.delete(o.start);
-      if (o.start < start) this.map.insert(o.start, start, o.value);
-      if (o.end > end) this.map.insert(end, o.end, o.value);
+    // Cut every overlapping range back to its parts outside [start, end);
+    // one lookup per range and no intermediate array (this is on every
+    // conversion's path).
+    for (let o = this.map.firstOverlap(start, end); o !== undefined; o = this.map.firstOverlap(start, end)) {
+      const { start: os, end: oe, value } = o;
+      this.map.delete(os);
+      if (os < start) this.map.insert(os, start, value);
+      if (oe > end) this.map.insert(end, oe, value);
     }
     if (attrs === 0) return;
     let s = start;
