@@ -336,13 +336,13 @@ describe('real boots under QEMU TCG', () => {
   test.skipIf(!canBoot)(
     `a guest still running at the time limit is killed: TestVmTimeoutError, no qemu left ${needs}`,
     async () => {
-      const started = Date.now();
       const err = await runInTestVm({ command: ['sleep', '600'], timeoutMs: 20_000 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TestVmTimeoutError);
       const te = err as TestVmTimeoutError;
-      expect(te.message).toMatch(/ran 2\d\.\d s \(limit 20\.0 s\)/);
+      // Killed only once the limit passed (how long after is the machine's
+      // business: no timing thresholds in tests).
+      expect(te.message).toMatch(/ran \d+\.\d s \(limit 20\.0 s\)/);
       expect(te.elapsedMs).toBeGreaterThanOrEqual(20_000);
-      expect(Date.now() - started).toBeLessThan(40_000);
       // (Normally the guest is running `sleep` by then and the console tail
       // shows '--- testvm: command starts ---'; not asserted, since a very
       // loaded host can still be booting after 20 s.)
