@@ -11,7 +11,7 @@
 //      the kernel's private_mem_conversions_test does.
 // If step 2 fails part-way, ConversionError.record lists the attribute
 // change and every discard that did happen; the failed one is in `cause`.
-import { KvmError } from './errors.js';
+import { withRequest } from './errors.js';
 import type { Memslot } from './memslot.js';
 import { toU64, type U64Input } from './util/args.js';
 import { MemoryAttribute } from './uapi.js';
@@ -100,10 +100,6 @@ function discardShared(m: Memslot, start: number, end: number): DiscardStep {
   if (m.backing === 'guest-memfd') return { ...step, skipped: 'the shared backing is the guest_memfd itself' };
   const b = m.sharedBacking();
   if (b === null) return { ...step, skipped: 'memslot has no shared backing' };
-  try {
-    b.mapping.discard(b.offset + (start - m.gpa), end - start);
-  } catch (e) {
-    throw e instanceof KvmError ? e.withRequest({ slot: m.slot, gpa: start, size: end - start, advice: 'MADV_REMOVE' }) : e;
-  }
+  withRequest({ slot: m.slot, gpa: start, size: end - start, advice: 'MADV_REMOVE' }, () => b.mapping.discard(b.offset + (start - m.gpa), end - start));
   return step;
 }

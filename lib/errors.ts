@@ -56,6 +56,20 @@ export class KvmError extends Error {
 }
 
 /**
+ * Runs one syscall and, if it fails with a KvmError, attaches the request
+ * that was sent (and, chosen by errno, the kernel rules that can explain it).
+ */
+export function withRequest<T>(
+  request: Record<string, unknown>, f: () => T, explain: (errno: number) => readonly string[] = () => [],
+): T {
+  try {
+    return f();
+  } catch (e) {
+    throw e instanceof KvmError ? e.withRequest(request, explain(e.errno)) : e;
+  }
+}
+
+/**
  * A rule checked before the kernel was called. `rule` is a stable id,
  * `details` the values involved, `kernelErrno` what the kernel would have
  * answered for the same request (so tests can compare verdicts).

@@ -3,7 +3,7 @@
 // (KEEP_SIZE) or discards (PUNCH_HOLE|KEEP_SIZE) pages; with the MMAP flag
 // (6.18+) the file can be mapped, and with INIT_SHARED its pages start shared
 // so the mapping is usable.
-import { AlignmentError, GuestMemfdRuleError, hex, type KvmError } from './errors.js';
+import { AlignmentError, GuestMemfdRuleError, hex, withRequest } from './errors.js';
 import { Mapping } from './mapping.js';
 import type { GuestMemfdInfo, SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
@@ -77,11 +77,7 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
   punchHole(offset: U64Input, length: U64Input): void {
     const fd = this.use('punch a hole');
     const [o, l] = this.checkRange('punchHole', offset, length, false);
-    try {
-      native.fallocate(fd, Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, o, l);
-    } catch (e) {
-      throw (e as KvmError).withRequest?.({ fd, mode: 'PUNCH_HOLE|KEEP_SIZE', offset: o, length: l }) ?? e;
-    }
+    withRequest({ fd, mode: 'PUNCH_HOLE|KEEP_SIZE', offset: o, length: l }, () => native.fallocate(fd, Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, o, l));
   }
 
   /**

@@ -2,7 +2,7 @@
 // version, answers capability questions and creates VMs.
 import { readFileSync } from 'node:fs';
 import { type Capabilities, decodeCapabilities } from './capabilities.js';
-import { KvmError, MissingCapabilityError } from './errors.js';
+import { MissingCapabilityError, withRequest } from './errors.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
 import { Cap, type CapName, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from './uapi.js';
@@ -50,13 +50,7 @@ export class Kvm extends FdResource implements VmParent {
 
   /** Opens the KVM device (O_RDWR|O_CLOEXEC) and checks KVM_GET_API_VERSION is 12. */
   static open(path = '/dev/kvm'): Kvm {
-    let fd: number;
-    try {
-      fd = native.openDevice(path);
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ path }) : e;
-    }
-    return new Kvm(fd, path);
+    return new Kvm(withRequest({ path }, () => native.openDevice(path)), path);
   }
 
   /** KVM_CHECK_EXTENSION on /dev/kvm. Prefer Vm.checkExtension for per-VM answers. */
@@ -86,12 +80,8 @@ export class Kvm extends FdResource implements VmParent {
       throw new MissingCapabilityError('KVM_CAP_VM_TYPES', CapSince.VM_TYPES, `a '${type}' VM (this kernel offers: ${this.capabilities().vmTypes.join(', ')})`);
     }
     const parent = this.vmParent();
-    let vmFd: number;
-    try {
-      vmFd = native.createVm(fd, bits);
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ type: bits }, e.errno === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []) : e;
-    }
+    const vmFd = withRequest({ type: bits }, () => native.createVm(fd, bits),
+      (n) => (n === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []));
     return new Vm(vmFd, type, parent);
   }
 

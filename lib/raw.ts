@@ -3,7 +3,7 @@
 // test can send a bad request on purpose and see the kernel's errno; the
 // arguments are still type-checked by the addon, so misuse cannot crash the
 // process. Errors are KvmError with every field that was sent.
-import { KvmError } from './errors.js';
+import { withRequest as call } from './errors.js';
 import { type FstatResult, native, type U64 } from './native.js';
 import { FdResource } from './resource.js';
 
@@ -11,14 +11,6 @@ type FdLike = number | { readonly fd: number };
 
 function fdOf(f: FdLike): number {
   return typeof f === 'number' ? f : f.fd;
-}
-
-function call<T>(request: Record<string, unknown>, f: () => T): T {
-  try {
-    return f();
-  } catch (e) {
-    throw e instanceof KvmError ? e.withRequest(request) : e;
-  }
 }
 
 export interface RawRegion {

@@ -2,7 +2,7 @@
 // guest on the calling thread; run() runs it on a thread owned by this vCPU
 // and returns a Promise, with a deadline, an AbortSignal and kick() to bring
 // it back (the result is then an 'interrupted' exit).
-import { ClosedError, KvmError, MissingCapabilityError } from './errors.js';
+import { ClosedError, MissingCapabilityError, withRequest } from './errors.js';
 import { Mapping } from './mapping.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
@@ -146,12 +146,8 @@ export class Vcpu extends FdResource {
     if (this.vm.checkExtension(Cap.PRE_FAULT_MEMORY) <= 0) throw new MissingCapabilityError('KVM_CAP_PRE_FAULT_MEMORY', CapSince.PRE_FAULT_MEMORY, 'KVM_PRE_FAULT_MEMORY');
     const gpa = toU64(range.gpa, 'preFaultMemory: gpa');
     const size = toU64(range.size, 'preFaultMemory: size');
-    try {
-      const r = native.preFaultMemory(fd, gpa, size, 0);
-      return { gpa: BigInt(r.gpa), size: BigInt(r.size) };
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ gpa, size, flags: 0 }) : e;
-    }
+    const r = withRequest({ gpa, size, flags: 0 }, () => native.preFaultMemory(fd, gpa, size, 0));
+    return { gpa: BigInt(r.gpa), size: BigInt(r.size) };
   }
 
   // The runner thread is stopped (kicking a running guest) before the fd

@@ -6,7 +6,7 @@ import { type Capabilities, decodeCapabilities } from './capabilities.js';
 import { convert, type ConversionOptions, type ConversionRecord, type GpaRange } from './conversion.js';
 import {
   AlignmentError, AttributeRuleError, GuestMemfdRuleError, hex, KvmError, MemslotChangeError, MemslotIdError, MissingCapabilityError,
-  RangeWrapError,
+  RangeWrapError, withRequest,
 } from './errors.js';
 import { GuestMemfd } from './guest-memfd.js';
 import { Mapping } from './mapping.js';
@@ -380,12 +380,7 @@ export class Vm extends FdResource implements MemslotOwner {
   createVcpu(id = this.#vcpuCount): Vcpu {
     const fd = this.use('create a vCPU');
     toU32(id, 'createVcpu: id');
-    let vfd: number;
-    try {
-      vfd = native.createVcpu(fd, id);
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ id }, e.errno === errno.EEXIST ? [`vCPU ${id} already exists`] : []) : e;
-    }
+    const vfd = withRequest({ id }, () => native.createVcpu(fd, id), (n) => (n === errno.EEXIST ? [`vCPU ${id} already exists`] : []));
     this.#vcpuCount = Math.max(this.#vcpuCount, id + 1);
     return new Vcpu(vfd, id, this, this.parent.vcpuMmapSize());
   }
@@ -401,11 +396,7 @@ export class Vm extends FdResource implements MemslotOwner {
   enableCap(cap: number | CapName, args: U64Input[] = [], flags = 0): void {
     const fd = this.use('enable a capability');
     const c = typeof cap === 'number' ? cap : Cap[cap];
-    try {
-      native.enableCap(fd, c, flags, args);
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ cap: c, flags, args: args.map((a) => hex(a)).join(',') }) : e;
-    }
+    withRequest({ cap: c, flags, args: args.map((a) => hex(a)).join(',') }, () => native.enableCap(fd, c, flags, args));
   }
 
   /** @internal Registers an object closed together with the VM (vCPUs). */

@@ -5,7 +5,7 @@
 //   node dist/tools/bench/run.js [--rounds N] [--cases a,b] [--json FILE] [--quick]
 //   node dist/tools/bench/run.js --testvm   (conversions, inside the test VM)
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -199,4 +199,3 @@ main().catch((e: unknown) => {
   process.exitCode = 1;
 });
 
-export { readFileSync };
