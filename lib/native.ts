@@ -49,7 +49,11 @@ export interface NativeBinding {
   // vcpu.cc
   createVcpu(vmFd: number, id: number): number;
   /** 0, or -EINTR / -EFAULT / -EHWPOISON for exits reported as failures. */
-  runSync(vcpuFd: number, run: ArrayBuffer, timeoutMs: number): number;
+  /** A KVM_RUN function bound to this vCPU and kvm_run page (no argument conversion per call). */
+  /** Returns undefined for an exit, or -EINTR / -EFAULT / -EHWPOISON. */
+  runSyncBind(vcpuFd: number, run: ArrayBuffer): (timeoutMs?: number) => number | undefined;
+  /** Makes a bound KVM_RUN function throw from now on and drops its hold on the page. */
+  runSyncUnbind(fn: (timeoutMs?: number) => number | undefined): void;
   runnerCreate(vcpuFd: number, run: ArrayBuffer): unknown;
   runnerRun(runner: unknown): Promise<number>;
   runnerKick(runner: unknown): void;

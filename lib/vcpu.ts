@@ -33,6 +33,7 @@ type RunnerHandle = object;
 export class Vcpu extends FdResource {
   readonly #run: Mapping;
   readonly #runView: DataView;
+  readonly #runSync: (timeoutMs?: number) => number | undefined;
   #runner: RunnerHandle | null = null;
   #running = false;
 
@@ -46,6 +47,7 @@ export class Vcpu extends FdResource {
       throw e;
     }
     this.#runView = this.#run.dataView();
+    this.#runSync = native.runSyncBind(fd, this.#runView.buffer as ArrayBuffer);
     vm.adopt(this);
   }
 
@@ -102,11 +104,12 @@ export class Vcpu extends FdResource {
    * KVM_RUN on this thread; blocks until the next exit. With timeoutMs the
    * guest is kicked out after that long (exit 'interrupted').
    */
-  runSync(options: { timeoutMs?: number } = {}): VcpuExit {
-    const fd = this.use('run');
+  runSync(options?: { timeoutMs?: number }): VcpuExit {
+    this.use('run');
     if (this.#running) throw new Error(`vCPU ${this.id} is already running (run() in flight)`);
-    const r = native.runSync(fd, this.#runView.buffer as ArrayBuffer, options.timeoutMs ?? 0);
-    return decodeExit(this.#runView, r);
+    const timeoutMs = options?.timeoutMs;
+    const r = timeoutMs === undefined ? this.#runSync() : this.#runSync(timeoutMs);
+    return decodeExit(this.#runView, r ?? 0);
   }
 
   /** KVM_RUN on this vCPU's own thread; the event loop keeps running meanwhile. */
@@ -155,6 +158,7 @@ export class Vcpu extends FdResource {
   protected override beforeClose(): void {
     if (this.#runner !== null) native.runnerDestroy(this.#runner);
     this.#runner = null;
+    native.runSyncUnbind(this.#runSync);
     this.#run.unmap();
     this.vm.forget(this);
   }

@@ -59,6 +59,12 @@ bool RawSmallInt(napi_env env, napi_value v, int32_t* out) {
   return true;
 }
 
+napi_value RawInt32(napi_env env, int32_t v) {
+  napi_value out = nullptr;
+  napi_create_int32(env, v, &out);
+  return out;
+}
+
 static std::string Where(const char* fn, const char* name) {
   return std::string(fn) + ": argument '" + name + "'";
 }

@@ -46,6 +46,8 @@ AddonData& Data(Napi::Env env);
 napi_value ThrowErrnoRaw(napi_env env, int err, const char* syscall);
 // Reads a non-negative integer below 2^31 (an fd or a small id); false if not.
 bool RawSmallInt(napi_env env, napi_value v, int32_t* out);
+// An int32 as a JS number (plain Node-API, for the hot paths).
+napi_value RawInt32(napi_env env, int32_t v);
 
 // Argument checks. `fn` names the binding function in the message.
 void ExpectArgs(const Napi::CallbackInfo& info, size_t n, const char* fn);

@@ -65,9 +65,7 @@ static napi_value CheckExtension(napi_env env, napi_callback_info cbinfo) {
   }
   int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
   if (r < 0) return ThrowErrnoRaw(env, errno, "ioctl(KVM_CHECK_EXTENSION)");
-  napi_value out;
-  napi_create_int32(env, r, &out);
-  return out;
+  return RawInt32(env, r);
 }
 
 // createVm(fd, type) -> VM fd. The kernel installs it with O_CLOEXEC.

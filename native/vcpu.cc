@@ -53,13 +53,15 @@ static void InstallKickHandler() {
 // ioctl(KVM_RUN) on `run`'s vCPU. Returns 0, or -errno for the two failures
 // that are exits rather than errors: EINTR (exit_reason KVM_EXIT_INTR) and
 // EFAULT/EHWPOISON with KVM_EXIT_MEMORY_FAULT. Any other failure: errno > 0
-// in *err and the result is 1.
-static int DoRun(int fd, kvm_run* run, int* err) {
-  tls_run = run;
+// in *err and the result is 1. `kickable`: a kick may target this thread
+// during the run, so its handler must find `run` (a thread_local costs a
+// __tls_get_addr call in a shared object: only paid when needed).
+static int DoRun(int fd, kvm_run* run, int* err, bool kickable) {
+  if (kickable) tls_run = run;
   int r = ioctl(fd, KVM_RUN, 0);
-  int e = errno;
-  tls_run = nullptr;
+  if (kickable) tls_run = nullptr;
   if (r == 0) return 0;
+  int e = errno;
   if (e == EINTR) return -EINTR;
   if ((e == EFAULT || e == EHWPOISON) && run->exit_reason == 39 /* KVM_EXIT_MEMORY_FAULT */) return -e;
   *err = e;
@@ -85,47 +87,97 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-// runSync(vcpuFd, runBuffer, timeoutMs) -> 0 | -EINTR | -EFAULT | -EHWPOISON.
-// timeoutMs > 0 arms a one-shot timer that kicks this thread. Plain
-// Node-API (no node-addon-api wrappers): it is on every exit's path.
-static napi_value RunSync(napi_env env, napi_callback_info cbinfo) {
-  size_t argc = 3;
-  napi_value argv[3];
-  napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr);
-  int32_t fd, timeoutMs;
-  void* data = nullptr;
-  size_t len = 0;
-  bool isAb = false;
-  if (argc != 3 || !RawSmallInt(env, argv[0], &fd) || !RawSmallInt(env, argv[2], &timeoutMs) ||
-      napi_is_arraybuffer(env, argv[1], &isAb) != napi_ok || !isAb ||
-      napi_get_arraybuffer_info(env, argv[1], &data, &len) != napi_ok || data == nullptr || len < sizeof(kvm_run)) {
-    napi_throw_type_error(env, nullptr, "runSync: expected (vcpuFd, the live kvm_run ArrayBuffer, timeoutMs)");
-    return nullptr;
-  }
-  kvm_run* run = static_cast<kvm_run*>(data);
+// runSyncBind(vcpuFd, runBuffer) -> run([timeoutMs]) -> undefined | -EINTR | -EFAULT | -EHWPOISON.
+// The returned function carries the fd and the kvm_run address, so a call
+// converts no arguments: every exit crosses this boundary, and after each
+// KVM_RUN the host's branch predictors are cold (IBPB), which makes every
+// Node-API call on the way back cost more than in a microbenchmark.
+// timeoutMs > 0 arms a one-shot timer that kicks this thread.
+// runSyncUnbind(fn) makes it throw from then on; the Vcpu calls it before
+// the fd and the mapping go away. Plain Node-API: it is on every exit's path.
+struct BoundRun {
+  int fd;
+  kvm_run* run;
+  napi_ref buffer;  // keeps the kvm_run mapping alive while bound
+};
+
+static void ReleaseBoundRun(napi_env env, BoundRun* b) {
+  if (b->buffer != nullptr) napi_delete_reference(env, b->buffer);
+  b->buffer = nullptr;
+  b->run = nullptr;
+  b->fd = -1;
+}
+
+static int RunWithTimer(int fd, kvm_run* run, int32_t timeoutMs, int* err) {
+  InstallKickHandler();
+  sigevent sev;
+  std::memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SigKick();
+  sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
   timer_t timer{};
-  if (timeoutMs > 0) {
-    InstallKickHandler();
-    sigevent sev;
-    std::memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_THREAD_ID;
-    sev.sigev_signo = SigKick();
-    sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
-    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) return ThrowErrnoRaw(env, errno, "timer_create");
-    itimerspec its{};
-    its.it_value.tv_sec = timeoutMs / 1000;
-    its.it_value.tv_nsec = (timeoutMs % 1000) * 1000000L;
-    timer_settime(timer, 0, &its, nullptr);
+  if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) {
+    *err = errno;
+    return 2;
   }
-  int err = 0;
-  int r = DoRun(fd, run, &err);
-  if (timeoutMs > 0) timer_delete(timer);
+  itimerspec its{};
+  its.it_value.tv_sec = timeoutMs / 1000;
+  its.it_value.tv_nsec = (timeoutMs % 1000) * 1000000L;
+  timer_settime(timer, 0, &its, nullptr);
+  int r = DoRun(fd, run, err, true);
+  timer_delete(timer);
   // A kick that landed after KVM_RUN returned must not cut the next run short.
   __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+  return r;
+}
+
+static napi_value BoundRunSync(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 1;
+  napi_value arg;
+  void* data = nullptr;
+  napi_get_cb_info(env, cbinfo, &argc, &arg, nullptr, &data);
+  auto* b = static_cast<BoundRun*>(data);
+  if (b->run == nullptr) {
+    napi_throw_error(env, nullptr, "runSync: the vCPU was closed");
+    return nullptr;
+  }
+  int32_t timeoutMs = 0;
+  if (argc >= 1 && !RawSmallInt(env, arg, &timeoutMs)) {
+    napi_throw_type_error(env, nullptr, "runSync: timeoutMs must be an integer 0..2^31-1");
+    return nullptr;
+  }
+  int err = 0;
+  int r = timeoutMs > 0 ? RunWithTimer(b->fd, b->run, timeoutMs, &err) : DoRun(b->fd, b->run, &err, false);
+  if (r == 2) return ThrowErrnoRaw(env, err, "timer_create");
   if (r == 1) return ThrowErrnoRaw(env, err, "ioctl(KVM_RUN)");
-  napi_value out;
-  napi_create_int32(env, r, &out);
-  return out;
+  // undefined for a plain exit: no number to create on the common path.
+  return r == 0 ? nullptr : RawInt32(env, r);
+}
+
+static Napi::Value RunSyncBind(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "runSyncBind");
+  int fd = FdArg(info, 0, "runSyncBind", "vcpuFd");
+  kvm_run* run = RunArg(info, 1, "runSyncBind");
+  napi_env env = info.Env();
+  auto* b = new BoundRun{fd, run, nullptr};
+  napi_value fn;
+  napi_create_function(env, "runSync", NAPI_AUTO_LENGTH, BoundRunSync, b, &fn);
+  napi_create_reference(env, info[1], 1, &b->buffer);
+  // The function owns the record: freed when the function is collected.
+  napi_wrap(env, fn, b, [](napi_env e, void* p, void*) {
+    auto* rec = static_cast<BoundRun*>(p);
+    ReleaseBoundRun(e, rec);
+    delete rec;
+  }, nullptr, nullptr);
+  return Napi::Value(env, fn);
+}
+
+static void RunSyncUnbind(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "runSyncUnbind");
+  void* p = nullptr;
+  if (!info[0].IsFunction() || napi_unwrap(info.Env(), info[0], &p) != napi_ok || p == nullptr)
+    throw Napi::TypeError::New(info.Env(), "runSyncUnbind: expected a function from runSyncBind");
+  ReleaseBoundRun(info.Env(), static_cast<BoundRun*>(p));
 }
 
 // A thread that runs KVM_RUN for one vCPU on request.
@@ -159,7 +211,7 @@ struct Runner {
       // A run requested just before the runner was stopped still settles
       // its promise (as an interrupted run) instead of staying pending.
       int err = 0;
-      int r = stopping ? -EINTR : DoRun(fd, run, &err);
+      int r = stopping ? -EINTR : DoRun(fd, run, &err, true);
       {
         // Under kickMu, so a concurrent Kick() either lands in this run
         // (and is cleared here) or sees the run finished and does nothing:
@@ -348,9 +400,8 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
 
 void InitVcpu(Napi::Env env, Napi::Object exports) {
   exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
-  napi_value runSync;
-  napi_create_function(env, "runSync", NAPI_AUTO_LENGTH, RunSync, nullptr, &runSync);
-  exports.Set("runSync", Napi::Value(env, runSync));
+  exports.Set("runSyncBind", Napi::Function::New(env, RunSyncBind, "runSyncBind"));
+  exports.Set("runSyncUnbind", Napi::Function::New(env, RunSyncUnbind, "runSyncUnbind"));
   exports.Set("runnerCreate", Napi::Function::New(env, RunnerCreate, "runnerCreate"));
   exports.Set("runnerRun", Napi::Function::New(env, RunnerRun, "runnerRun"));
   exports.Set("runnerKick", Napi::Function::New(env, RunnerKick, "runnerKick"));

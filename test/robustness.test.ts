@@ -678,6 +678,22 @@ describe('misuse of the raw and native layers throws TypeError, never crashes', 
     expect(sharedMappings()).toHaveLength(shared);
   });
 
+  test('native.runSyncBind: bad arguments are TypeErrors; a bound run after unbind throws instead of touching the old page', () => {
+    using kvm = Kvm.open();
+    using vm = kvm.createVm();
+    using vcpu = vm.createVcpu();
+    const page = vcpu.runPage.buffer as ArrayBuffer;
+    expectTypeError(() => native.runSyncBind(vcpu.fd, new ArrayBuffer(16)));
+    expectTypeError(() => native.runSyncBind(-1, page));
+    expectTypeError(() => native.runSyncUnbind((() => 0) as never));
+    const run = native.runSyncBind(vcpu.fd, page);
+    for (const bad of [-1, 1.5, NaN, '5', 2 ** 31]) expectTypeError(() => run(bad as never));
+    native.runSyncUnbind(run);
+    native.runSyncUnbind(run);
+    expect(thrown(() => run())).toBeInstanceOf(Error);
+    expect(String(thrown(() => run()))).toContain('closed');
+  });
+
   test('every native function: no arguments, or too many string arguments, is a TypeError', () => {
     const names = Object.keys(native).filter((k) => typeof (native as unknown as Record<string, unknown>)[k] === 'function');
     expect(names).toEqual(expect.arrayContaining(['setUserMemoryRegion2', 'fallocate', 'mmap', 'munmap', 'close', 'setErrorFactory']));
