@@ -27,37 +27,52 @@ export class IntervalMap<V> {
     return this.count;
   }
 
+  // Every operation walks the tree once, iteratively, and allocates nothing
+  // but the new node: at 32,764 memslots the cost is the walk's cache
+  // misses, and recursion with [left, right] pairs added garbage collection
+  // on top (docs/BENCHMARKS.md, memslot scale).
+
   /** Inserts [start, end). The caller guarantees it overlaps nothing. */
   insert(start: number, end: number, value: V): void {
-    const node: Node<V> = { start, end, value, prio: Math.random(), left: null, right: null };
-    this.root = this.insertNode(this.root, node);
+    const n: Node<V> = { start, end, value, prio: Math.random(), left: null, right: null };
+    // Down to where the new node's priority puts it, then split what hangs
+    // there around it: starts below go left, the rest right.
+    let parent: Node<V> | null = null;
+    let t = this.root;
+    while (t !== null && t.prio >= n.prio) {
+      parent = t;
+      t = start < t.start ? t.left : t.right;
+    }
+    this.splitInto(t, n);
+    if (parent === null) this.root = n;
+    else if (start < parent.start) parent.left = n;
+    else parent.right = n;
     this.count++;
   }
 
-  private insertNode(t: Node<V> | null, n: Node<V>): Node<V> {
-    if (t === null) return n;
-    if (n.prio > t.prio) {
-      const [l, r] = this.split(t, n.start);
-      n.left = l;
-      n.right = r;
-      return n;
+  // Splits subtree `t` by n.start into n.left (starts < key) and n.right
+  // (starts >= key), walking down once and threading each side's spine.
+  private splitInto(t: Node<V> | null, n: Node<V>): void {
+    const key = n.start;
+    let lTail: Node<V> | null = null;
+    let rTail: Node<V> | null = null;
+    n.left = null;
+    n.right = null;
+    while (t !== null) {
+      if (t.start < key) {
+        if (lTail === null) n.left = t;
+        else lTail.right = t;
+        lTail = t;
+        t = t.right;
+      } else {
+        if (rTail === null) n.right = t;
+        else rTail.left = t;
+        rTail = t;
+        t = t.left;
+      }
     }
-    if (n.start < t.start) t.left = this.insertNode(t.left, n);
-    else t.right = this.insertNode(t.right, n);
-    return t;
-  }
-
-  // Splits by key: left has starts < key, right has starts >= key.
-  private split(t: Node<V> | null, key: number): [Node<V> | null, Node<V> | null] {
-    if (t === null) return [null, null];
-    if (t.start < key) {
-      const [l, r] = this.split(t.right, key);
-      t.right = l;
-      return [t, r];
-    }
-    const [l, r] = this.split(t.left, key);
-    t.left = r;
-    return [l, t];
+    if (lTail !== null) lTail.right = null;
+    if (rTail !== null) rTail.left = null;
   }
 
   private merge(a: Node<V> | null, b: Node<V> | null): Node<V> | null {
@@ -116,10 +131,22 @@ export class IntervalMap<V> {
 
   /** The lowest interval that overlaps [start, end), if any. */
   firstOverlap(start: number, end: number): Interval<V> | undefined {
-    const f = this.floor(start);
-    if (f !== undefined && f.end > start) return f;
-    const h = this.higher(start);
-    if (h !== undefined && h.start < end) return h;
+    // One walk finds both the floor (greatest start <= start) and the
+    // successor (smallest start > start): only these two can overlap first.
+    let t = this.root;
+    let floor: Node<V> | null = null;
+    let higher: Node<V> | null = null;
+    while (t !== null) {
+      if (t.start <= start) {
+        floor = t;
+        t = t.right;
+      } else {
+        higher = t;
+        t = t.left;
+      }
+    }
+    if (floor !== null && floor.end > start) return floor;
+    if (higher !== null && higher.start < end) return higher;
     return undefined;
   }
 
