@@ -80,13 +80,19 @@ function checkFlags(l: MemslotLimits, flags: number): void {
 // bookkeeping cost at 32,764 memslots, docs/BENCHMARKS.md); anything else,
 // or any failure, takes the exact bigint path below, which names the rule.
 const SAFE = 1n << 53n;
+const SAFE_N = 2 ** 53;
 
 function passesGeneral(l: MemslotLimits, r: RegionRequest, asId: number): boolean {
-  if (r.size >= SAFE || r.gpa >= SAFE || r.userspaceAddr >= SAFE || r.guestMemfdOffset >= SAFE) return false;
+  // Number() rounds monotonically and 2^53 is exact, so a field is below
+  // 2^53 exactly when its Number() is: one conversion per field, no bigint
+  // comparison.
   const size = Number(r.size);
+  const gpa = Number(r.gpa);
   const ua = Number(r.userspaceAddr);
-  return size % 4096 === 0 && Number(r.gpa) % 4096 === 0 && ua % 4096 === 0 && ua + size <= Number(l.taskSizeMax) &&
-    (!(r.flags & MemFlag.GUEST_MEMFD) || Number(r.guestMemfdOffset) % 4096 === 0) &&
+  const off = Number(r.guestMemfdOffset);
+  if (size >= SAFE_N || gpa >= SAFE_N || ua >= SAFE_N || off >= SAFE_N) return false;
+  return size % 4096 === 0 && gpa % 4096 === 0 && ua % 4096 === 0 && ua + size <= Number(l.taskSizeMax) &&
+    (!(r.flags & MemFlag.GUEST_MEMFD) || off % 4096 === 0) &&
     asId < l.addressSpaces && size / 4096 <= KVM_MEM_MAX_NR_PAGES;
 }
 

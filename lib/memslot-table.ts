@@ -29,23 +29,22 @@ export interface SlotEntry {
   readonly gmemPgoff: number;
 }
 
-export function slotKey(asId: number, id: number): number {
-  return asId * 65536 + id;
-}
-
 export class MemslotTable {
   private readonly byGfn = new Map<number, IntervalMap<SlotEntry>>();
-  private readonly byId = new Map<number, SlotEntry>();
+  // Per address space, indexed by slot id (ids are below 2^15): a plain
+  // array lookup on every request's path rather than a hash.
+  private readonly byId: (SlotEntry | undefined)[][] = [];
+  private count = 0;
   // No id below the hint is free, per address space: keeps freeId()
   // amortized O(1) when filling the table slot after slot.
   private readonly freeHint = new Map<number, number>();
 
   get size(): number {
-    return this.byId.size;
+    return this.count;
   }
 
   get(asId: number, id: number): SlotEntry | undefined {
-    return this.byId.get(slotKey(asId, id));
+    return this.byId[asId]?.[id];
   }
 
   gfnIndex(asId: number): IntervalMap<SlotEntry> {
@@ -64,7 +63,8 @@ export class MemslotTable {
   }
 
   add(e: SlotEntry): void {
-    this.byId.set(slotKey(e.asId, e.id), e);
+    (this.byId[e.asId] ??= [])[e.id] = e;
+    this.count++;
     this.gfnIndex(e.asId).insert(e.baseGfn, e.baseGfn + e.npages, e);
     // A binding outlives nothing: if the file was already closed the kernel
     // dropped its bindings, and so do we (GuestMemfd clears them on close).
@@ -72,7 +72,11 @@ export class MemslotTable {
   }
 
   remove(e: SlotEntry): void {
-    this.byId.delete(slotKey(e.asId, e.id));
+    const ids = this.byId[e.asId];
+    if (ids?.[e.id] === e) {
+      ids[e.id] = undefined;
+      this.count--;
+    }
     if (e.id < (this.freeHint.get(e.asId) ?? 0)) this.freeHint.set(e.asId, e.id);
     this.gfnIndex(e.asId).delete(e.baseGfn);
     e.gmem?.bindings.delete(e.gmemPgoff);
@@ -95,7 +99,7 @@ export class MemslotTable {
   /** The lowest slot id not in use in `asId`, or -1. */
   freeId(asId: number, limit: number): number {
     for (let id = this.freeHint.get(asId) ?? 0; id < limit; id++) {
-      if (!this.byId.has(slotKey(asId, id))) {
+      if (this.get(asId, id) === undefined) {
         this.freeHint.set(asId, id);
         return id;
       }
