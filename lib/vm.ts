@@ -2,7 +2,7 @@
 // attributes. Every change is judged against the kernel's rules first
 // (memslot-rules.ts), sent, and recorded only once the kernel accepted it.
 import { AttributeMap, type AttributeRange } from './attributes.js';
-import { type Capabilities, decodeCapabilities } from './capabilities.js';
+import { type Capabilities, capNumber, checkExtensions, readCapabilities } from './capabilities.js';
 import { convert, type ConversionOptions, type ConversionRecord, type GpaRange } from './conversion.js';
 import {
   AlignmentError, AttributeRuleError, GuestMemfdRuleError, hex, KvmError, MemslotChangeError, MemslotIdError, MissingCapabilityError,
@@ -67,6 +67,8 @@ export class Vm extends FdResource implements MemslotOwner {
   readonly #guestMemfds = new Set<GuestMemfd>();
   readonly #children = new Set<Disposable>();
   #caps: Capabilities | undefined;
+  // KVM_CHECK_EXTENSION with the fd bound in (see Kvm).
+  #check: ((cap: number) => number) | undefined;
   #vcpuCount = 0;
   #limits: MemslotLimits | undefined;
 
@@ -78,13 +80,18 @@ export class Vm extends FdResource implements MemslotOwner {
   /** KVM_CHECK_EXTENSION on the VM fd (answers differ per VM type). */
   checkExtension(cap: number | CapName): number {
     const fd = this.use('check an extension');
-    return native.checkExtension(fd, typeof cap === 'number' ? cap : Cap[cap]);
+    return (this.#check ??= native.checkExtensionBind(fd))(capNumber(cap));
+  }
+
+  /** KVM_CHECK_EXTENSION on the VM fd for each cap, in one call into the addon. */
+  checkExtensions(caps: readonly (number | CapName)[]): number[] {
+    return checkExtensions(this.use('check extensions'), caps);
   }
 
   /** The VM's capabilities, asked of the VM fd once. */
   capabilities(): Capabilities {
     this.use('read capabilities');
-    this.#caps ??= decodeCapabilities((c) => this.checkExtension(c));
+    this.#caps ??= readCapabilities(this.fd);
     return this.#caps;
   }
 

@@ -54,7 +54,9 @@ napi_value ThrowErrnoRaw(napi_env env, int err, const char* syscall) {
 
 bool RawSmallInt(napi_env env, napi_value v, int32_t* out) {
   double d;
-  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d <= INT32_MAX) || std::floor(d) != d) return false;
+  // The truncating cast compares equal only for integers; no floor() call
+  // (a libm call without SSE4.1 as baseline) on every hot-path argument.
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d <= INT32_MAX) || static_cast<int32_t>(d) != d) return false;
   *out = static_cast<int32_t>(d);
   return true;
 }

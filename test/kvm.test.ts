@@ -61,6 +61,24 @@ describe('checkExtension and capabilities() on /dev/kvm', () => {
     }
   });
 
+  test('checkExtensions(): one call answers every cap (by number and by name) as the raw ioctl does one by one', () => {
+    using kvm = openKvm();
+    using vm = kvm.createVm();
+    const mixed = capNames.flatMap((n) => [n, Cap[n]]);
+    const long = [...mixed, ...mixed, ...mixed, 99_999]; // longer than the reused buffers
+    for (const [f, list] of [[kvm, mixed], [vm, mixed], [kvm, long], [vm, long]] as const) {
+      expect(f.checkExtensions(list)).toEqual(list.map((c) => raw.checkExtension(f, typeof c === 'number' ? c : Cap[c])));
+    }
+    expect(vm.checkExtensions([])).toEqual([]);
+    expect(vm.checkExtensions([Cap.NR_MEMSLOTS])).toEqual([raw.checkExtension(vm, Cap.NR_MEMSLOTS)]);
+    for (const bad of [-1, 1.5, NaN, 2 ** 31, 'NO_SUCH_CAP', null]) {
+      expect(() => vm.checkExtensions([Cap.USER_MEMORY2, bad as never]), String(bad)).toThrow(TypeError);
+    }
+    vm.close();
+    expect(() => vm.checkExtensions([Cap.USER_MEMORY2])).toThrow(ClosedError);
+    expect(() => vm.checkExtension(Cap.USER_MEMORY2)).toThrow(ClosedError);
+  });
+
   test('an unknown capability number answers 0', () => {
     using kvm = openKvm();
     expect(kvm.checkExtension(99_999)).toBe(0);

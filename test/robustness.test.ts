@@ -678,6 +678,20 @@ describe('misuse of the raw and native layers throws TypeError, never crashes', 
     expect(sharedMappings()).toHaveLength(shared);
   });
 
+  test('native.checkExtensionBind and checkExtensions: bad arguments are TypeErrors or RangeErrors, nothing is written', () => {
+    using kvm = Kvm.open();
+    const check = native.checkExtensionBind(kvm.fd);
+    expect(check(Cap.USER_MEMORY2)).toBe(kvm.checkExtension(Cap.USER_MEMORY2));
+    for (const bad of [-1, 1.5, NaN, '5', 2 ** 31, undefined]) expectTypeError(() => check(bad as never));
+    expectTypeError(() => native.checkExtensionBind(-1));
+    const out = new Int32Array([7, 7]);
+    expectTypeError(() => native.checkExtensions(kvm.fd, new Uint32Array([1, 2]) as never, out));
+    expectTypeError(() => native.checkExtensions(kvm.fd, new Int32Array([1, 2]), [0, 0] as never));
+    expectTypeError(() => native.checkExtensions(kvm.fd, new Int32Array([1, -2]), out));
+    expect(thrown(() => native.checkExtensions(kvm.fd, new Int32Array([1, 2, 3]), out))).toBeInstanceOf(RangeError);
+    expect([...out]).toEqual([7, 7]);
+  });
+
   test('native.runSyncBind: bad arguments are TypeErrors; a bound run after unbind throws instead of touching the old page', () => {
     using kvm = Kvm.open();
     using vm = kvm.createVm();
