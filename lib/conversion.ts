@@ -62,14 +62,20 @@ export interface ConversionHost {
   memslotsIn(startGfn: number, endGfn: number): Memslot[];
 }
 
+function isSmallUint(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
 export function convert(vm: ConversionHost, range: GpaRange, to: 'private' | 'shared', options: ConversionOptions): ConversionRecord {
   if (to !== 'private' && to !== 'shared') throw new TypeError(`convert: 'to' must be 'private' or 'shared', got ${String(to)}`);
-  const gpaB = toU64(range.gpa, 'convert: gpa');
-  const sizeB = toU64(range.size, 'convert: size');
+  // Numbers go through as given (the VM's number fast path); anything else
+  // is validated here first, so a bad type is reported as convert's.
+  if (!isSmallUint(range.gpa)) toU64(range.gpa, 'convert: gpa');
+  if (!isSmallUint(range.size)) toU64(range.size, 'convert: size');
   const attributes = to === 'private' ? MemoryAttribute.PRIVATE : 0;
-  vm.setMemoryAttributes({ gpa: gpaB, size: sizeB }, attributes);
-  const gpa = Number(gpaB);
-  const size = Number(sizeB);
+  vm.setMemoryAttributes(range, attributes);
+  const gpa = Number(range.gpa);
+  const size = Number(range.size);
   const record: ConversionRecord = { gpa, size, to, attributes, discarded: [] };
   if (!options.discard) return record;
   for (const m of vm.memslotsIn(gpa / 4096, (gpa + size) / 4096)) {

@@ -20,7 +20,7 @@ import type { CpuidEntry } from './x86/regs.js';
 import { toU32, toU64, type U64Input } from './util/args.js';
 import {
   Cap, type CapName, CapSince, errno, type GuestMemfdFlagName, guestMemfdFlagBits, guestMemfdFlagSince, MemFlag,
-  MemoryAttribute, PAGE_SHIFT, type VmTypeName,
+  MemoryAttribute, PAGE_SHIFT, U64_MAX, type VmTypeName,
 } from './uapi.js';
 
 export interface GuestMemfdOptions {
@@ -58,6 +58,12 @@ export interface VmParent {
 }
 
 let nextVmId = 1;
+
+/** A non-empty, page-aligned [gpa, gpa + size) that stays below 2^53. */
+function isPageRange(gpa: number, size: number): boolean {
+  return Number.isSafeInteger(gpa) && Number.isSafeInteger(size) && gpa >= 0 && size > 0 &&
+    gpa % 4096 === 0 && size % 4096 === 0 && Number.isSafeInteger(gpa + size);
+}
 
 export class Vm extends FdResource implements MemslotOwner {
   readonly id = nextVmId++;
@@ -329,8 +335,13 @@ export class Vm extends FdResource implements MemslotOwner {
   setMemoryAttributes(range: GpaRange, attributes: number): void {
     const fd = this.use('set memory attributes');
     const caps = this.capabilities();
-    const gpa = toU64(range.gpa, 'setMemoryAttributes: gpa');
-    const size = toU64(range.size, 'setMemoryAttributes: size');
+    // Every conversion comes through here: a valid range given as numbers
+    // below 2^53 is checked and sent without making a bigint; anything else
+    // (or any broken rule) takes the exact path, which names the rule.
+    const { gpa, size } = range;
+    const fast = typeof gpa === 'number' && typeof size === 'number' && isPageRange(gpa, size);
+    const gpaB = fast ? 0n : toU64(gpa, 'setMemoryAttributes: gpa');
+    const sizeB = fast ? 0n : toU64(size, 'setMemoryAttributes: size');
     toU32(attributes, 'setMemoryAttributes: attributes');
     this.requireCap('MEMORY_ATTRIBUTES', 'KVM_SET_MEMORY_ATTRIBUTES', caps.memoryAttributes.bits !== 0);
     const unsupported = (attributes & ~caps.memoryAttributes.bits) >>> 0;
@@ -339,16 +350,25 @@ export class Vm extends FdResource implements MemslotOwner {
         `attributes ${hex(attributes)}: bits ${hex(unsupported)} are not supported by this ${this.type} VM (KVM_CAP_MEMORY_ATTRIBUTES = ${hex(caps.memoryAttributes.bits)})`,
         { attributes, supported: caps.memoryAttributes.bits });
     }
-    if (size === 0n) throw new AttributeRuleError('attribute-range-empty', `attribute range at gpa ${hex(gpa)} is empty (size 0)`, { gpa, size });
-    if (gpa + size > (1n << 64n) - 1n) throw new RangeWrapError('gpa', gpa, size, 'KVM_SET_MEMORY_ATTRIBUTES');
-    if (gpa & 0xfffn) throw new AlignmentError('address', gpa, 'KVM_SET_MEMORY_ATTRIBUTES');
-    if (size & 0xfffn) throw new AlignmentError('size', size, 'KVM_SET_MEMORY_ATTRIBUTES');
+    if (fast) {
+      this.sendAttributes(fd, gpa, size, attributes);
+      this.#attributes.set(gpa / 4096, (gpa + size) / 4096, attributes);
+      return;
+    }
+    if (sizeB === 0n) throw new AttributeRuleError('attribute-range-empty', `attribute range at gpa ${hex(gpaB)} is empty (size 0)`, { gpa: gpaB, size: sizeB });
+    if (gpaB + sizeB > U64_MAX) throw new RangeWrapError('gpa', gpaB, sizeB, 'KVM_SET_MEMORY_ATTRIBUTES');
+    if (gpaB & 0xfffn) throw new AlignmentError('address', gpaB, 'KVM_SET_MEMORY_ATTRIBUTES');
+    if (sizeB & 0xfffn) throw new AlignmentError('size', sizeB, 'KVM_SET_MEMORY_ATTRIBUTES');
+    this.sendAttributes(fd, gpaB, sizeB, attributes);
+    this.#attributes.set(Number(gpaB >> BigInt(PAGE_SHIFT)), Number((gpaB + sizeB) >> BigInt(PAGE_SHIFT)), attributes);
+  }
+
+  private sendAttributes(fd: number, gpa: number | bigint, size: number | bigint, attributes: number): void {
     try {
       native.setMemoryAttributes(fd, gpa, size, attributes, 0);
     } catch (e) {
-      throw this.kernelError(e, { address: gpa, size, attributes, flags: 0 }, ['the range is beyond what the attribute xarray covers']);
+      throw this.kernelError(e, { address: BigInt(gpa), size: BigInt(size), attributes, flags: 0 }, ['the range is beyond what the attribute xarray covers']);
     }
-    this.#attributes.set(Number(gpa >> BigInt(PAGE_SHIFT)), Number((gpa + size) >> BigInt(PAGE_SHIFT)), attributes);
   }
 
   /** Attributes of the page holding `gpa` (0 = shared), from the shadow map. */
