@@ -3,7 +3,7 @@
 // (KEEP_SIZE) or discards (PUNCH_HOLE|KEEP_SIZE) pages; with the MMAP flag
 // (6.18+) the file can be mapped, and with INIT_SHARED its pages start shared
 // so the mapping is usable.
-import { AlignmentError, GuestMemfdRuleError, hex, withRequest } from './errors.js';
+import { AlignmentError, GuestMemfdRuleError, hex, KvmError } from './errors.js';
 import { Mapping } from './mapping.js';
 import type { GuestMemfdInfo, SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
@@ -11,6 +11,14 @@ import { FdResource } from './resource.js';
 import { toU64, type U64Input } from './util/args.js';
 import { IntervalMap } from './util/interval-map.js';
 import { Falloc, type GuestMemfdFlagName, GuestMemfdFlag, guestMemfdFlagBits } from './uapi.js';
+
+// The common case, checked in numbers: a non-empty, page-aligned range given
+// as numbers that ends by `end` (and below 2^53). Anything else goes through
+// checkRange(), which names the rule it breaks.
+function isPageRange(offset: U64Input, length: U64Input, end: number): offset is number {
+  return typeof offset === 'number' && typeof length === 'number' && Number.isSafeInteger(offset) && Number.isSafeInteger(length) &&
+    offset >= 0 && length > 0 && offset % 4096 === 0 && length % 4096 === 0 && offset + length <= end;
+}
 
 export interface BoundRange {
   slot: number;
@@ -65,8 +73,11 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
   /** fallocate(FALLOC_FL_KEEP_SIZE): allocate [offset, offset+length). */
   allocate(offset: U64Input, length: U64Input): void {
     const fd = this.use('allocate');
-    const [o, l] = this.checkRange('allocate', offset, length, true);
-    native.fallocate(fd, Falloc.KEEP_SIZE, o, l);
+    if (isPageRange(offset, length, this.size)) this.fallocate(fd, 'KEEP_SIZE', offset, length);
+    else {
+      const [o, l] = this.checkRange('allocate', offset, length, true);
+      this.fallocate(fd, 'KEEP_SIZE', o, l);
+    }
   }
 
   /**
@@ -76,8 +87,19 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
    */
   punchHole(offset: U64Input, length: U64Input): void {
     const fd = this.use('punch a hole');
-    const [o, l] = this.checkRange('punchHole', offset, length, false);
-    withRequest({ fd, mode: 'PUNCH_HOLE|KEEP_SIZE', offset: o, length: l }, () => native.fallocate(fd, Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, o, l));
+    if (isPageRange(offset, length, Number.MAX_SAFE_INTEGER)) this.fallocate(fd, 'PUNCH_HOLE|KEEP_SIZE', offset, length);
+    else {
+      const [o, l] = this.checkRange('punchHole', offset, length, false);
+      this.fallocate(fd, 'PUNCH_HOLE|KEEP_SIZE', o, l);
+    }
+  }
+
+  private fallocate(fd: number, mode: 'KEEP_SIZE' | 'PUNCH_HOLE|KEEP_SIZE', offset: number | bigint, length: number | bigint): void {
+    try {
+      native.fallocate(fd, mode === 'KEEP_SIZE' ? Falloc.KEEP_SIZE : Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
+    } catch (e) {
+      throw e instanceof KvmError ? e.withRequest({ fd, mode, offset: BigInt(offset), length: BigInt(length) }) : e;
+    }
   }
 
   /**

@@ -37,6 +37,18 @@ export function checkExtension(n: number): CaseResult {
   });
 }
 
+/** The batch form: n checks as n/32 calls of checkExtensions(32 caps). */
+export function checkExtensionsBatch(n: number): CaseResult {
+  return withVm('default', (vm) => {
+    const caps = new Array<number>(32).fill(Cap.USER_MEMORY2);
+    const calls = Math.max(1, Math.floor(n / 32));
+    for (let i = 0; i < calls / 10; i++) vm.checkExtensions(caps);
+    const t = now();
+    for (let i = 0; i < calls; i++) vm.checkExtensions(caps);
+    return { nsPerOp: Number(now() - t) / (calls * 32) };
+  });
+}
+
 export function memslotAddDelete(n: number): CaseResult {
   return withVm('default', (vm) => {
     const g = vm.createGuestMemfd({ size: 2 << 20 });

@@ -39,6 +39,10 @@ function allCases(quick: boolean): Case[] {
   const q = (n: number): number => (quick ? Math.max(10, Math.floor(n / 10)) : n);
   return [
     { name: 'check-extension', iterations: q(200_000), c: ['check-extension'], js: cases.checkExtension, target: 1.3 },
+    // Reference, not a target: the same JS against a C twin that has a second
+    // (idle) thread, as every Node process does (see bench.c).
+    { name: 'check-extension-2thread-c', iterations: q(200_000), c: ['check-extension-mt'], js: cases.checkExtension },
+    { name: 'check-extensions-batch32', iterations: q(200_000), c: ['check-extension'], js: cases.checkExtensionsBatch },
     { name: 'memslot-add-delete-2m', iterations: q(5_000), c: ['memslot-add-delete-2m'], js: cases.memslotAddDelete, target: 1.05 },
     { name: 'memslot-scale', iterations: quick ? 4096 : 32_764, c: ['memslot-scale'], js: cases.memslotScale },
     { name: 'kvm-run-io', iterations: q(20_000), c: ['kvm-run-io', IMAGE], js: cases.kvmRunIo, target: 1.05 },
@@ -55,7 +59,7 @@ function allCases(quick: boolean): Case[] {
 function compileTwin(): void {
   mkdirSync(OUT, { recursive: true });
   const cc = process.env.CC ?? 'cc';
-  execFileSync(cc, ['-O2', '-Wall', '-o', BIN, join(ROOT, 'tools', 'bench', 'c', 'bench.c')], { stdio: 'inherit' });
+  execFileSync(cc, ['-O2', '-Wall', '-pthread', '-o', BIN, join(ROOT, 'tools', 'bench', 'c', 'bench.c')], { stdio: 'inherit' });
 }
 
 function runTwin(c: Case): { nsPerOp: number; points: [number, number][] } {
@@ -165,7 +169,7 @@ async function main(): Promise<void> {
     process.exitCode = r.exitCode;
     return;
   }
-  const rounds = Number(opt('--rounds') ?? 5);
+  const rounds = Number(opt('--rounds') ?? 9);
   const only = opt('--cases')?.split(',');
   const quick = args.includes('--quick');
   // Inside the test VM the project is read-only: the host compiled the twin
