@@ -11,7 +11,7 @@
 //      the kernel's private_mem_conversions_test does.
 // If step 2 fails part-way, ConversionError.record lists the attribute
 // change and every discard that did happen; the failed one is in `cause`.
-import { withRequest } from './errors.js';
+import { KvmError } from './errors.js';
 import type { Memslot } from './memslot.js';
 import { toU64, type U64Input } from './util/args.js';
 import { MemoryAttribute } from './uapi.js';
@@ -106,6 +106,11 @@ function discardShared(m: Memslot, start: number, end: number): DiscardStep {
   if (m.backing === 'guest-memfd') return { ...step, skipped: 'the shared backing is the guest_memfd itself' };
   const b = m.sharedBacking();
   if (b === null) return { ...step, skipped: 'memslot has no shared backing' };
-  withRequest({ slot: m.slot, gpa: start, size: end - start, advice: 'MADV_REMOVE' }, () => b.mapping.discard(b.offset + (start - m.gpa), end - start));
+  try {
+    b.mapping.discard(b.offset + (start - m.gpa), end - start);
+  } catch (e) {
+    // The request is built only on failure: this is on every discarding conversion's path.
+    throw e instanceof KvmError ? e.withRequest({ slot: m.slot, gpa: start, size: end - start, advice: 'MADV_REMOVE' }) : e;
+  }
   return step;
 }

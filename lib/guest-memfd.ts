@@ -94,11 +94,19 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
     }
   }
 
+  // kvm_gmem_allocate() stops with EINTR whenever a signal is pending (a
+  // child's SIGCHLD is enough in Node), keeping the pages it allocated; both
+  // modes are idempotent, so the call is simply repeated until it finishes.
   private fallocate(fd: number, mode: 'KEEP_SIZE' | 'PUNCH_HOLE|KEEP_SIZE', offset: number | bigint, length: number | bigint): void {
-    try {
-      native.fallocate(fd, mode === 'KEEP_SIZE' ? Falloc.KEEP_SIZE : Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, offset, length);
-    } catch (e) {
-      throw e instanceof KvmError ? e.withRequest({ fd, mode, offset: BigInt(offset), length: BigInt(length) }) : e;
+    const bits = mode === 'KEEP_SIZE' ? Falloc.KEEP_SIZE : Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE;
+    for (;;) {
+      try {
+        native.fallocate(fd, bits, offset, length);
+        return;
+      } catch (e) {
+        if (e instanceof KvmError && e.code === 'EINTR') continue;
+        throw e instanceof KvmError ? e.withRequest({ fd, mode, offset: BigInt(offset), length: BigInt(length) }) : e;
+      }
     }
   }
 

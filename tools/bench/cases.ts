@@ -14,6 +14,15 @@ export interface CaseResult {
 
 const now = (): bigint => process.hrtime.bigint();
 
+/**
+ * One case set up once: run(n) does n timed iterations and returns ns per
+ * iteration, so the runner can alternate short JS and C batches.
+ */
+export interface Session {
+  run(n: number): number | Promise<number>;
+  close(): void;
+}
+
 function withVm<T>(type: 'default' | 'sw-protected', f: (vm: Vm, kvm: Kvm) => T): T {
   const kvm = Kvm.open();
   try {
@@ -28,37 +37,49 @@ function withVm<T>(type: 'default' | 'sw-protected', f: (vm: Vm, kvm: Kvm) => T)
   }
 }
 
-export function checkExtension(n: number): CaseResult {
-  return withVm('default', (vm) => {
-    for (let i = 0; i < n / 10; i++) vm.checkExtension(Cap.USER_MEMORY2);
-    const t = now();
-    for (let i = 0; i < n; i++) vm.checkExtension(Cap.USER_MEMORY2);
-    return { nsPerOp: Number(now() - t) / n };
-  });
+/** A Kvm + VM that live as long as the session; `run` gets the VM. */
+function vmSession(type: 'default' | 'sw-protected', setup: (vm: Vm) => (n: number) => number | Promise<number>): Session {
+  const kvm = Kvm.open();
+  let vm: Vm | undefined;
+  try {
+    vm = kvm.createVm({ type });
+    const run = setup(vm);
+    return { run, close: () => { vm?.close(); kvm.close(); } };
+  } catch (e) {
+    vm?.close();
+    kvm.close();
+    throw e;
+  }
+}
+
+/** Times `f` over n iterations as one loop (as the C twin does). */
+function loop(n: number, f: () => void): number {
+  const t = now();
+  for (let i = 0; i < n; i++) f();
+  return Number(now() - t) / n;
+}
+
+export function checkExtension(): Session {
+  return vmSession('default', (vm) => (n) => loop(n, () => vm.checkExtension(Cap.USER_MEMORY2)));
 }
 
 /** The batch form: n checks as n/32 calls of checkExtensions(32 caps). */
-export function checkExtensionsBatch(n: number): CaseResult {
-  return withVm('default', (vm) => {
+export function checkExtensionsBatch(): Session {
+  return vmSession('default', (vm) => {
     const caps = new Array<number>(32).fill(Cap.USER_MEMORY2);
-    const calls = Math.max(1, Math.floor(n / 32));
-    for (let i = 0; i < calls / 10; i++) vm.checkExtensions(caps);
-    const t = now();
-    for (let i = 0; i < calls; i++) vm.checkExtensions(caps);
-    return { nsPerOp: Number(now() - t) / (calls * 32) };
+    return (n) => {
+      const calls = Math.max(1, Math.round(n / 32));
+      return (loop(calls, () => vm.checkExtensions(caps)) * calls) / (calls * 32);
+    };
   });
 }
 
-export function memslotAddDelete(n: number): CaseResult {
-  return withVm('default', (vm) => {
+export function memslotAddDelete(): Session {
+  return vmSession('default', (vm) => {
     const g = vm.createGuestMemfd({ size: 2 << 20 });
-    const once = (): void => {
+    return (n) => loop(n, () => {
       vm.addMemslot({ slot: 0, gpa: 0x100000000, size: 2 << 20, guestMemfd: g, backing: { kind: 'none' } }).delete();
-    };
-    for (let i = 0; i < n / 10; i++) once();
-    const t = now();
-    for (let i = 0; i < n; i++) once();
-    return { nsPerOp: Number(now() - t) / n };
+    });
   });
 }
 
@@ -135,64 +156,59 @@ export function writeGuestImage(path: string): void {
   });
 }
 
-export function kvmRunIo(n: number): CaseResult {
-  return withVm('default', (vm) => {
-    using g = ioGuest(vm);
-    const once = (): void => {
+export function kvmRunIo(): Session {
+  return vmSession('default', (vm) => {
+    const g = ioGuest(vm);
+    return (n) => loop(n, () => {
       if (g.vcpu.runSync().kind !== 'io') throw new Error('unexpected exit');
+    });
+  });
+}
+
+export function kvmRunIoAsync(): Session {
+  return vmSession('default', (vm) => {
+    const g = ioGuest(vm);
+    return async (n) => {
+      const t = now();
+      for (let i = 0; i < n; i++) if ((await g.vcpu.run()).kind !== 'io') throw new Error('unexpected exit');
+      return Number(now() - t) / n;
     };
-    // Timed as a whole loop, as the C twin is.
-    for (let i = 0; i < n / 10; i++) once();
-    const t = now();
-    for (let i = 0; i < n; i++) once();
-    return { nsPerOp: Number(now() - t) / n };
   });
 }
 
-export async function kvmRunIoAsync(n: number): Promise<CaseResult> {
-  const kvm = Kvm.open();
-  const vm = kvm.createVm();
-  try {
-    using g = ioGuest(vm);
-    for (let i = 0; i < n / 10; i++) await g.vcpu.run();
-    const t = now();
-    for (let i = 0; i < n; i++) if ((await g.vcpu.run()).kind !== 'io') throw new Error('unexpected exit');
-    return { nsPerOp: Number(now() - t) / n };
-  } finally {
-    vm.close();
-    kvm.close();
-  }
-}
-
-export function fallocateCase(n: number, length: number, punch: boolean): CaseResult {
-  return withVm('default', (vm) => {
+export function fallocateCase(length: number, punch: boolean): Session {
+  return vmSession('default', (vm) => {
     const g = vm.createGuestMemfd({ size: length });
-    let t = 0n;
-    for (let i = -Math.floor(n / 10); i < n; i++) {
-      const t0 = now();
-      if (punch) g.punchHole(0, length);
-      else g.allocate(0, length);
-      if (i >= 0) t += now() - t0;
-      // Undo outside the timed region, as the C twin does.
-      if (punch) g.allocate(0, length);
-      else g.punchHole(0, length);
-    }
-    return { nsPerOp: Number(t) / n };
+    return (n) => {
+      let t = 0n;
+      for (let i = 0; i < n; i++) {
+        const t0 = now();
+        if (punch) g.punchHole(0, length);
+        else g.allocate(0, length);
+        t += now() - t0;
+        // Undo outside the timed region, as the C twin does.
+        if (punch) g.allocate(0, length);
+        else g.punchHole(0, length);
+      }
+      return Number(t) / n;
+    };
   });
 }
 
-export function convertCase(n: number, discard: boolean): CaseResult {
-  return withVm('sw-protected', (vm) => {
+export function convertCase(discard: boolean): Session {
+  return vmSession('sw-protected', (vm) => {
     const g = vm.createGuestMemfd({ size: 2 << 20 });
     vm.addMemslot({ gpa: 0, size: 2 << 20, guestMemfd: g });
     const range = { gpa: 0x1000, size: 4096 };
-    let t = 0n;
-    for (let i = -Math.floor(n / 10); i < n; i++) {
-      const t0 = now();
-      vm.convert(range, 'private', { discard });
-      vm.convert(range, 'shared', { discard });
-      if (i >= 0) t += now() - t0;
-    }
-    return { nsPerOp: Number(t) / n };
+    return (n) => {
+      let t = 0n;
+      for (let i = 0; i < n; i++) {
+        const t0 = now();
+        vm.convert(range, 'private', { discard });
+        vm.convert(range, 'shared', { discard });
+        t += now() - t0;
+      }
+      return Number(t) / n;
+    };
   });
 }

@@ -1,10 +1,14 @@
-// npm run bench: every benchmark against its C twin (c/bench.c), run
-// alternately in one invocation for several rounds. Reports the median JS/C
-// ratio with min and max, and the absolute medians, as a table and as JSON.
+// npm run bench: every benchmark against its C twin (c/bench.c). Both sides
+// are set up once per case, then run in short alternating batches (the C
+// twin as a server fed batch sizes on stdin), so each JS batch is paired
+// with a C batch measured milliseconds apart: on a shared, noisy machine
+// that pairing is what keeps the ratio stable. Reports the median of the
+// per-pair JS/C ratios with min and max, and the absolute medians, as a
+// table and as JSON. The memslot scale curve is one long run per side.
 //
 //   node dist/tools/bench/run.js [--rounds N] [--cases a,b] [--json FILE] [--quick]
 //   node dist/tools/bench/run.js --testvm   (conversions, inside the test VM)
-import { execFileSync } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -14,10 +18,12 @@ import * as cases from './cases.js';
 
 interface Case {
   name: string;
+  /** Iterations per batch (each side), sized for tens of milliseconds. */
   iterations: number;
   /** C twin case name (and its extra argument). */
   c: [string, ...string[]];
-  js: (n: number) => cases.CaseResult | Promise<cases.CaseResult>;
+  /** Opens the JS side once; the memslot scale case is a single run instead. */
+  js: (() => cases.Session) | { oneShot: (n: number) => cases.CaseResult };
   target?: number;
   /** Capability the case needs; skipped (and said so) without it. */
   needs?: (kvm: Kvm) => string | null;
@@ -35,25 +41,78 @@ const IMAGE = join(OUT, 'guest.img');
 const privateMemory = (kvm: Kvm): string | null =>
   kvm.capabilities().vmTypes.includes('sw-protected') ? null : 'needs KVM_X86_SW_PROTECTED_VM with KVM_CAP_MEMORY_ATTRIBUTES (run with --testvm)';
 
-function allCases(quick: boolean): Case[] {
+function allCases(quick: boolean, image: string): Case[] {
   const q = (n: number): number => (quick ? Math.max(10, Math.floor(n / 10)) : n);
   return [
-    { name: 'check-extension', iterations: q(200_000), c: ['check-extension'], js: cases.checkExtension, target: 1.3 },
+    { name: 'check-extension', iterations: q(50_000), c: ['check-extension'], js: cases.checkExtension, target: 1.3 },
     // Reference, not a target: the same JS against a C twin that has a second
     // (idle) thread, as every Node process does (see bench.c).
-    { name: 'check-extension-2thread-c', iterations: q(200_000), c: ['check-extension-mt'], js: cases.checkExtension },
-    { name: 'check-extensions-batch32', iterations: q(200_000), c: ['check-extension'], js: cases.checkExtensionsBatch },
-    { name: 'memslot-add-delete-2m', iterations: q(5_000), c: ['memslot-add-delete-2m'], js: cases.memslotAddDelete, target: 1.05 },
-    { name: 'memslot-scale', iterations: quick ? 4096 : 32_764, c: ['memslot-scale'], js: cases.memslotScale },
-    { name: 'kvm-run-io', iterations: q(20_000), c: ['kvm-run-io', IMAGE], js: cases.kvmRunIo, target: 1.05 },
-    { name: 'kvm-run-io-async', iterations: q(20_000), c: ['kvm-run-io', IMAGE], js: cases.kvmRunIoAsync },
-    { name: 'convert-4k', iterations: q(5_000), c: ['convert-4k'], js: (n) => cases.convertCase(n, false), target: 1.15, needs: privateMemory },
-    { name: 'convert-4k-discard', iterations: q(5_000), c: ['convert-4k-discard'], js: (n) => cases.convertCase(n, true), target: 1.15, needs: privateMemory },
-    { name: 'punch-4k', iterations: q(20_000), c: ['punch-4k'], js: (n) => cases.fallocateCase(n, 4096, true) },
-    { name: 'allocate-4k', iterations: q(20_000), c: ['allocate-4k'], js: (n) => cases.fallocateCase(n, 4096, false) },
-    { name: 'punch-2m', iterations: q(300), c: ['punch-2m'], js: (n) => cases.fallocateCase(n, 2 << 20, true) },
-    { name: 'allocate-2m', iterations: q(300), c: ['allocate-2m'], js: (n) => cases.fallocateCase(n, 2 << 20, false) },
+    { name: 'check-extension-2thread-c', iterations: q(50_000), c: ['check-extension-mt'], js: cases.checkExtension },
+    { name: 'check-extensions-batch32', iterations: q(50_000), c: ['check-extension'], js: cases.checkExtensionsBatch },
+    { name: 'memslot-add-delete-2m', iterations: q(500), c: ['memslot-add-delete-2m'], js: cases.memslotAddDelete, target: 1.05 },
+    { name: 'memslot-scale', iterations: quick ? 4096 : 32_764, c: ['memslot-scale'], js: { oneShot: cases.memslotScale } },
+    { name: 'kvm-run-io', iterations: q(5_000), c: ['kvm-run-io', image], js: cases.kvmRunIo, target: 1.05 },
+    { name: 'kvm-run-io-async', iterations: q(1_000), c: ['kvm-run-io', image], js: cases.kvmRunIoAsync },
+    { name: 'convert-4k', iterations: q(1_000), c: ['convert-4k'], js: () => cases.convertCase(false), target: 1.15, needs: privateMemory },
+    { name: 'convert-4k-discard', iterations: q(500), c: ['convert-4k-discard'], js: () => cases.convertCase(true), target: 1.15, needs: privateMemory },
+    { name: 'punch-4k', iterations: q(10_000), c: ['punch-4k'], js: () => cases.fallocateCase(4096, true) },
+    { name: 'allocate-4k', iterations: q(10_000), c: ['allocate-4k'], js: () => cases.fallocateCase(4096, false) },
+    { name: 'punch-2m', iterations: q(200), c: ['punch-2m'], js: () => cases.fallocateCase(2 << 20, true) },
+    { name: 'allocate-2m', iterations: q(100), c: ['allocate-2m'], js: () => cases.fallocateCase(2 << 20, false) },
   ];
+}
+
+/** The C twin in serve mode: one batch size in, ns per iteration out. */
+class Twin {
+  private readonly lines: string[] = [];
+  private waiter: { res: (line: string) => void; rej: (e: Error) => void } | null = null;
+  private exited: Error | null = null;
+  private buf = '';
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    child.on('exit', (code) => {
+      this.exited = new Error(`bench twin exited (${code}) before answering`);
+      this.waiter?.rej(this.exited);
+      this.waiter = null;
+    });
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
+      this.buf += d;
+      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
+        const line = this.buf.slice(0, i);
+        this.buf = this.buf.slice(i + 1);
+        const w = this.waiter;
+        this.waiter = null;
+        if (w) w.res(line);
+        else this.lines.push(line);
+      }
+    });
+    child.stderr.pipe(process.stderr);
+  }
+
+  static async start(args: string[]): Promise<Twin> {
+    const t = new Twin(spawn(BIN, ['serve', ...args]));
+    const first = await t.next();
+    if (first !== 'ready') throw new Error(`bench twin ${args.join(' ')}: expected "ready", got "${first}"`);
+    return t;
+  }
+
+  private next(): Promise<string> {
+    const l = this.lines.shift();
+    if (l !== undefined) return Promise.resolve(l);
+    if (this.exited) return Promise.reject(this.exited);
+    return new Promise((res, rej) => {
+      this.waiter = { res, rej };
+    });
+  }
+
+  async run(n: number): Promise<number> {
+    this.child.stdin.write(`${n}\n`);
+    return Number(await this.next());
+  }
+
+  close(): void {
+    this.child.stdin.end('0\n');
+  }
 }
 
 function compileTwin(): void {
@@ -62,7 +121,7 @@ function compileTwin(): void {
   execFileSync(cc, ['-O2', '-Wall', '-pthread', '-o', BIN, join(ROOT, 'tools', 'bench', 'c', 'bench.c')], { stdio: 'inherit' });
 }
 
-function runTwin(c: Case): { nsPerOp: number; points: [number, number][] } {
+function runTwinOnce(c: Case): { nsPerOp: number; points: [number, number][] } {
   const out = execFileSync(BIN, [c.c[0], String(c.iterations), ...c.c.slice(1)], { encoding: 'utf8' });
   const j = JSON.parse(out.trim().split('\n').pop() as string) as { ns_per_op: number; points: [number, number][] };
   return { nsPerOp: j.ns_per_op, points: j.points };
@@ -87,27 +146,8 @@ interface Row {
   curve?: { slots: number; jsNs: number; cNs: number; bookkeepingNs: number }[];
 }
 
-async function measure(c: Case, rounds: number): Promise<Row> {
-  const js: number[] = [];
-  const cc: number[] = [];
-  const ratios: number[] = [];
-  let last: { js?: cases.CaseResult; c?: { points: [number, number][] } } = {};
-  for (let r = 0; r < rounds; r++) {
-    // Alternate which side goes first, so neither always runs on a warmer machine.
-    let jr: cases.CaseResult;
-    let cr: { nsPerOp: number; points: [number, number][] };
-    if (r % 2 === 0) {
-      cr = runTwin(c);
-      jr = await c.js(c.iterations);
-    } else {
-      jr = await c.js(c.iterations);
-      cr = runTwin(c);
-    }
-    js.push(jr.nsPerOp);
-    cc.push(cr.nsPerOp);
-    ratios.push(jr.nsPerOp / cr.nsPerOp);
-    last = { js: jr, c: cr };
-  }
+function summarize(c: Case, rounds: number, js: number[], cc: number[]): Row {
+  const ratios = js.map((j, i) => j / (cc[i] as number));
   const row: Row = {
     name: c.name, iterations: c.iterations, rounds, jsMedianNs: median(js), cMedianNs: median(cc),
     ratio: { median: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) },
@@ -116,9 +156,54 @@ async function measure(c: Case, rounds: number): Promise<Row> {
     row.target = c.target;
     row.met = row.ratio.median <= c.target;
   }
-  if (last.js?.points && last.c) {
+  return row;
+}
+
+// Both sides set up once, a warm-up batch each, then `rounds` pairs of
+// batches; which side goes first alternates, so neither always runs on a
+// warmer machine.
+async function measurePaired(c: Case, open: () => cases.Session, rounds: number): Promise<Row> {
+  const session = open();
+  const twin = await Twin.start(c.c);
+  try {
+    await session.run(Math.max(1, Math.floor(c.iterations / 2)));
+    await twin.run(Math.max(1, Math.floor(c.iterations / 2)));
+    const js: number[] = [];
+    const cc: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      if (r % 2 === 0) {
+        cc.push(await twin.run(c.iterations));
+        js.push(await session.run(c.iterations));
+      } else {
+        js.push(await session.run(c.iterations));
+        cc.push(await twin.run(c.iterations));
+      }
+    }
+    return summarize(c, rounds, js, cc);
+  } finally {
+    twin.close();
+    session.close();
+  }
+}
+
+// The scale curve: one full run per side per round (the table only grows).
+function measureOneShot(c: Case, run: (n: number) => cases.CaseResult, rounds: number): Row {
+  const js: number[] = [];
+  const cc: number[] = [];
+  let last: { js: cases.CaseResult; c: { points: [number, number][] } } | undefined;
+  for (let r = 0; r < rounds; r++) {
+    const first = r % 2 === 0 ? runTwinOnce(c) : undefined;
+    const jr = run(c.iterations);
+    const cr = first ?? runTwinOnce(c);
+    js.push(jr.nsPerOp);
+    cc.push(cr.nsPerOp);
+    last = { js: jr, c: cr };
+  }
+  const row = summarize(c, rounds, js, cc);
+  if (last?.js.points) {
     const bk = (last.js.extra?.bookkeeping ?? []) as [number, number][];
-    row.curve = last.js.points.map(([slots, ns], i) => ({ slots, jsNs: ns, cNs: last.c?.points[i]?.[1] ?? NaN, bookkeepingNs: bk[i]?.[1] ?? NaN }));
+    const cp = last.c.points;
+    row.curve = last.js.points.map(([slots, ns], i) => ({ slots, jsNs: ns, cNs: cp[i]?.[1] ?? NaN, bookkeepingNs: bk[i]?.[1] ?? NaN }));
   }
   return row;
 }
@@ -169,25 +254,27 @@ async function main(): Promise<void> {
     process.exitCode = r.exitCode;
     return;
   }
-  const rounds = Number(opt('--rounds') ?? 9);
+  const rounds = Number(opt('--rounds') ?? 31);
   const only = opt('--cases')?.split(',');
   const quick = args.includes('--quick');
   // Inside the test VM the project is read-only: the host compiled the twin
   // before booting, and results go to the run's writable share.
   const inVm = process.env.TESTVM === '1';
   if (!inVm) compileTwin();
-  if (!only || only.some((c) => c.startsWith('kvm-run-io'))) cases.writeGuestImage(inVm ? join(process.env.TMPDIR ?? '/tmp', 'guest.img') : IMAGE);
+  const image = inVm ? join(process.env.TMPDIR ?? '/tmp', 'guest.img') : IMAGE;
+  if (!only || only.some((c) => c.startsWith('kvm-run-io'))) cases.writeGuestImage(image);
   using kvm = Kvm.open();
   const rows: Row[] = [];
-  for (const c of allCases(quick)) {
+  for (const c of allCases(quick, image)) {
     if (only && !only.includes(c.name)) continue;
     const missing = c.needs?.(kvm) ?? null;
     if (missing) {
       rows.push({ name: c.name, iterations: c.iterations, rounds: 0, jsMedianNs: NaN, cMedianNs: NaN, ratio: { median: NaN, min: NaN, max: NaN }, skipped: missing });
       continue;
     }
-    process.stderr.write(`${c.name} (${c.iterations} x ${c.name === 'memslot-scale' ? Math.min(rounds, 3) : rounds} rounds)...\n`);
-    rows.push(await measure(c, c.name === 'memslot-scale' ? Math.min(rounds, 3) : rounds));
+    const n = typeof c.js === 'function' ? rounds : Math.min(rounds, 3);
+    process.stderr.write(`${c.name} (${n} x ${c.iterations} per side)...\n`);
+    rows.push(typeof c.js === 'function' ? await measurePaired(c, c.js, n) : measureOneShot(c, c.js.oneShot, n));
   }
   const machine = { kernel: release(), cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version, date: new Date().toISOString() };
   console.log(`\nkvm-gmem benchmarks: Linux ${machine.kernel}, ${machine.cpu} (${machine.cores} cores), Node ${machine.node}\n`);

@@ -2,6 +2,10 @@
 // issued directly, so the JS/C ratio shows what the package adds on top.
 // Usage: bench CASE ITERATIONS [ARG]; prints one JSON line:
 //   {"case": ..., "iterations": N, "ns_per_op": X, "points": [...]}
+// or: bench serve CASE [ARG]: sets the case up once, then for each line "N"
+// on stdin runs N timed iterations and prints the ns per iteration, so the
+// runner can alternate short JS and C batches (pairs measured milliseconds
+// apart, which a noisy shared machine needs).
 // Carries its own uapi definitions: the build hosts have Linux 6.1 headers.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -80,32 +84,36 @@ static void* idle_thread(void* arg) {
   return NULL;
 }
 
-static void check_extension(long n, int threaded) {
+// Each case: a setup, then run(n) -> total ns for n timed iterations.
+static int bench_gmem;
+
+static void check_extension_setup(int threaded) {
   if (threaded) {
     pthread_t t;
     if (pthread_create(&t, NULL, idle_thread, NULL) != 0) die("pthread_create");
   }
   open_vm(0);
-  for (long i = 0; i < n / 10; i++) ioctl(vm_fd, KVM_CHECK_EXTENSION, 231);
+}
+
+static uint64_t check_extension_run(long n) {
   uint64_t t = now_ns();
   for (long i = 0; i < n; i++)
     if (ioctl(vm_fd, KVM_CHECK_EXTENSION, 231) < 0) die("KVM_CHECK_EXTENSION");
-  report(threaded ? "check-extension-mt" : "check-extension", n, now_ns() - t, NULL);
+  return now_ns() - t;
 }
 
-static void memslot_add_delete(long n) {
+static void memslot_add_delete_setup(void) {
   open_vm(0);
-  int g = create_gmem(2 << 20, 0);
-  for (long i = 0; i < n / 10; i++) {
-    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 2 << 20, 0, 0, g);
-    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 0, 0, 0, g);
-  }
+  bench_gmem = create_gmem(2 << 20, 0);
+}
+
+static uint64_t memslot_add_delete_run(long n) {
   uint64_t t0 = now_ns();
   for (long i = 0; i < n; i++) {
-    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 2 << 20, 0, 0, g);
-    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 0, 0, 0, g);
+    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 2 << 20, 0, 0, bench_gmem);
+    set_region(0, MEM_GUEST_MEMFD, 0x100000000ull, 0, 0, 0, bench_gmem);
   }
-  report("memslot-add-delete-2m", n, now_ns() - t0, NULL);
+  return now_ns() - t0;
 }
 
 // Adds n 4 KiB guest_memfd slots; reports the mean cost per slot in each
@@ -132,7 +140,10 @@ static void memslot_scale(long n) {
 
 // KVM_RUN round trip on an IO exit. The guest image (memory, sregs, regs,
 // cpuid) is produced by the JS side so both run the identical guest.
-static void kvm_run_io(long n, const char* image) {
+static int run_cpu;
+static struct kvm_run* run_page;
+
+static void kvm_run_io_setup(const char* image) {
   FILE* f = fopen(image, "rb");
   if (!f) die("open guest image");
   uint32_t mem_size, cpuid_bytes;
@@ -158,78 +169,129 @@ static void kvm_run_io(long n, const char* image) {
   if (ioctl(cpu, SET_CPUID2, cpuid) < 0) die("KVM_SET_CPUID2");
   if (ioctl(cpu, KVM_SET_SREGS, &sregs) < 0) die("KVM_SET_SREGS");
   if (ioctl(cpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
-  // Timed as a whole loop (after a warm-up), as the JS side is: per-call
-  // clock reads would cost more in JS than in C and blur the ratio.
-  for (long i = 0; i < n / 10; i++)
-    if (ioctl(cpu, KVM_RUN, 0) < 0) die("KVM_RUN");
+  run_cpu = cpu;
+  run_page = run;
+}
+
+// Timed as a whole loop, as the JS side is: per-call clock reads would cost
+// more in JS than in C and blur the ratio.
+static uint64_t kvm_run_io_run(long n) {
   uint64_t t0 = now_ns();
   for (long i = 0; i < n; i++) {
-    if (ioctl(cpu, KVM_RUN, 0) < 0) die("KVM_RUN");
-    if (run->exit_reason != KVM_EXIT_IO) {
-      fprintf(stderr, "bench.c: unexpected exit %u\n", run->exit_reason);
+    if (ioctl(run_cpu, KVM_RUN, 0) < 0) die("KVM_RUN");
+    if (run_page->exit_reason != KVM_EXIT_IO) {
+      fprintf(stderr, "bench.c: unexpected exit %u\n", run_page->exit_reason);
       exit(2);
     }
   }
-  report("kvm-run-io", n, now_ns() - t0, NULL);
+  return now_ns() - t0;
 }
 
-static void fallocate_case(const char* name, long n, uint64_t len, int punch) {
+static uint64_t falloc_len;
+static int falloc_punch;
+
+static void fallocate_setup(uint64_t len, int punch) {
   open_vm(0);
-  int g = create_gmem(len, 0);
+  bench_gmem = create_gmem(len, 0);
+  falloc_len = len;
+  falloc_punch = punch;
+}
+
+static uint64_t fallocate_run(long n) {
+  int mode = falloc_punch ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : FALLOC_FL_KEEP_SIZE;
+  int undo = falloc_punch ? FALLOC_FL_KEEP_SIZE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
   uint64_t t = 0;
-  for (long i = -n / 10; i < n; i++) {
+  for (long i = 0; i < n; i++) {
     uint64_t t0 = now_ns();
-    if (fallocate(g, punch ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : FALLOC_FL_KEEP_SIZE, 0, (off_t)len) < 0) die("fallocate");
-    if (i >= 0) t += now_ns() - t0;
+    if (fallocate(bench_gmem, mode, 0, (off_t)falloc_len) < 0) die("fallocate");
+    t += now_ns() - t0;
     // Undo outside the timed region so every iteration does real work.
-    if (fallocate(g, punch ? FALLOC_FL_KEEP_SIZE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), 0, (off_t)len) < 0) die("fallocate undo");
+    if (fallocate(bench_gmem, undo, 0, (off_t)falloc_len) < 0) die("fallocate undo");
   }
-  report(name, n, t, NULL);
+  return t;
 }
 
 // 4 KiB private <-> shared flips with KVM_SET_MEMORY_ATTRIBUTES; with
 // discard, the stale copy is dropped as the package does (punch the
 // guest_memfd going shared, MADV_REMOVE the shared page going private).
-static void convert_case(long n, int discard) {
+static void* convert_mem;
+static int convert_discard;
+
+static void convert_setup(int discard) {
   open_vm(1 /* KVM_X86_SW_PROTECTED_VM */);
-  int g = create_gmem(2 << 20, 0);
-  void* mem = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  set_region(0, MEM_GUEST_MEMFD, 0, 2 << 20, (uint64_t)(uintptr_t)mem, 0, g);
+  bench_gmem = create_gmem(2 << 20, 0);
+  convert_mem = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (convert_mem == MAP_FAILED) die("mmap");
+  set_region(0, MEM_GUEST_MEMFD, 0, 2 << 20, (uint64_t)(uintptr_t)convert_mem, 0, bench_gmem);
+  convert_discard = discard;
+}
+
+static uint64_t convert_run(long n) {
   uint64_t t = 0;
-  for (long i = -n / 10; i < n; i++) {
+  for (long i = 0; i < n; i++) {
     uint64_t t0 = now_ns();
     struct mem_attrs a = {.address = 0x1000, .size = 4096, .attributes = ATTR_PRIVATE};
     if (ioctl(vm_fd, SET_MEMORY_ATTRIBUTES, &a) < 0) die("KVM_SET_MEMORY_ATTRIBUTES");
-    if (discard && madvise((char*)mem + 0x1000, 4096, MADV_REMOVE) < 0) die("madvise");
+    if (convert_discard && madvise((char*)convert_mem + 0x1000, 4096, MADV_REMOVE) < 0) die("madvise");
     a.attributes = 0;
     if (ioctl(vm_fd, SET_MEMORY_ATTRIBUTES, &a) < 0) die("KVM_SET_MEMORY_ATTRIBUTES");
-    if (discard && fallocate(g, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0x1000, 4096) < 0) die("fallocate");
-    if (i >= 0) t += now_ns() - t0;
+    if (convert_discard && fallocate(bench_gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0x1000, 4096) < 0) die("fallocate");
+    t += now_ns() - t0;
   }
-  report(discard ? "convert-4k-discard" : "convert-4k", n, t, NULL);
+  return t;
+}
+
+// Sets up case `c`; returns its run function, or NULL if unknown.
+static uint64_t (*setup_case(const char* c, const char* arg))(long) {
+  if (!strcmp(c, "check-extension")) return check_extension_setup(0), check_extension_run;
+  if (!strcmp(c, "check-extension-mt")) return check_extension_setup(1), check_extension_run;
+  if (!strcmp(c, "memslot-add-delete-2m")) return memslot_add_delete_setup(), memslot_add_delete_run;
+  if (!strcmp(c, "kvm-run-io")) return kvm_run_io_setup(arg ? arg : "guest.img"), kvm_run_io_run;
+  if (!strcmp(c, "punch-4k")) return fallocate_setup(4096, 1), fallocate_run;
+  if (!strcmp(c, "punch-2m")) return fallocate_setup(2 << 20, 1), fallocate_run;
+  if (!strcmp(c, "allocate-4k")) return fallocate_setup(4096, 0), fallocate_run;
+  if (!strcmp(c, "allocate-2m")) return fallocate_setup(2 << 20, 0), fallocate_run;
+  if (!strcmp(c, "convert-4k")) return convert_setup(0), convert_run;
+  if (!strcmp(c, "convert-4k-discard")) return convert_setup(1), convert_run;
+  return NULL;
+}
+
+// serve mode: one "N" per line in, one ns-per-iteration per line out.
+static int serve(const char* c, const char* arg) {
+  uint64_t (*run)(long) = setup_case(c, arg);
+  if (!run) {
+    fprintf(stderr, "bench.c: unknown case %s\n", c);
+    return 2;
+  }
+  printf("ready\n");
+  fflush(stdout);
+  long n;
+  while (scanf("%ld", &n) == 1 && n > 0) {
+    uint64_t ns = run(n);
+    printf("%.3f\n", (double)ns / (double)n);
+    fflush(stdout);
+  }
+  return 0;
 }
 
 int main(int argc, char** argv) {
+  if (argc >= 3 && !strcmp(argv[1], "serve")) return serve(argv[2], argc > 3 ? argv[3] : NULL);
   if (argc < 3) {
-    fprintf(stderr, "usage: bench CASE ITERATIONS [ARG]\n");
+    fprintf(stderr, "usage: bench CASE ITERATIONS [ARG] | bench serve CASE [ARG]\n");
     return 2;
   }
   const char* c = argv[1];
   long n = atol(argv[2]);
-  if (!strcmp(c, "check-extension")) check_extension(n, 0);
-  else if (!strcmp(c, "check-extension-mt")) check_extension(n, 1);
-  else if (!strcmp(c, "memslot-add-delete-2m")) memslot_add_delete(n);
-  else if (!strcmp(c, "memslot-scale")) memslot_scale(n);
-  else if (!strcmp(c, "kvm-run-io")) kvm_run_io(n, argc > 3 ? argv[3] : "guest.img");
-  else if (!strcmp(c, "punch-4k")) fallocate_case(c, n, 4096, 1);
-  else if (!strcmp(c, "punch-2m")) fallocate_case(c, n, 2 << 20, 1);
-  else if (!strcmp(c, "allocate-4k")) fallocate_case(c, n, 4096, 0);
-  else if (!strcmp(c, "allocate-2m")) fallocate_case(c, n, 2 << 20, 0);
-  else if (!strcmp(c, "convert-4k")) convert_case(n, 0);
-  else if (!strcmp(c, "convert-4k-discard")) convert_case(n, 1);
-  else {
+  if (!strcmp(c, "memslot-scale")) {
+    memslot_scale(n);
+    return 0;
+  }
+  uint64_t (*run)(long) = setup_case(c, argc > 3 ? argv[3] : NULL);
+  if (!run) {
     fprintf(stderr, "bench.c: unknown case %s\n", c);
     return 2;
   }
+  run(n / 10 > 0 ? n / 10 : 1);  // warm-up
+  report(c, n, run(n), NULL);
   return 0;
 }
