@@ -70,6 +70,23 @@ export function withRequest<T>(
 }
 
 /**
+ * Repeats `f` while it fails with EINTR. For calls the kernel abandons when
+ * any signal is pending and that are safe to repeat: KVM_CREATE_VM
+ * (mmu_notifier_register -> mm_take_all_locks) and guest_memfd fallocate
+ * (kvm_gmem_allocate, which keeps what it allocated). In Node a child
+ * process exiting (SIGCHLD) is enough to hit them.
+ */
+export function retryOnEintr<T>(f: () => T): T {
+  for (;;) {
+    try {
+      return f();
+    } catch (e) {
+      if (!(e instanceof KvmError) || e.code !== 'EINTR') throw e;
+    }
+  }
+}
+
+/**
  * A rule checked before the kernel was called. `rule` is a stable id,
  * `details` the values involved, `kernelErrno` what the kernel would have
  * answered for the same request (so tests can compare verdicts).

@@ -3,7 +3,7 @@
 // (KEEP_SIZE) or discards (PUNCH_HOLE|KEEP_SIZE) pages; with the MMAP flag
 // (6.18+) the file can be mapped, and with INIT_SHARED its pages start shared
 // so the mapping is usable.
-import { AlignmentError, GuestMemfdRuleError, hex, KvmError } from './errors.js';
+import { AlignmentError, GuestMemfdRuleError, hex, KvmError, retryOnEintr } from './errors.js';
 import { Mapping } from './mapping.js';
 import type { GuestMemfdInfo, SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
@@ -94,19 +94,14 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
     }
   }
 
-  // kvm_gmem_allocate() stops with EINTR whenever a signal is pending (a
-  // child's SIGCHLD is enough in Node), keeping the pages it allocated; both
-  // modes are idempotent, so the call is simply repeated until it finishes.
+  // kvm_gmem_allocate() stops with EINTR whenever a signal is pending,
+  // keeping the pages it allocated: repeated until it completes.
   private fallocate(fd: number, mode: 'KEEP_SIZE' | 'PUNCH_HOLE|KEEP_SIZE', offset: number | bigint, length: number | bigint): void {
     const bits = mode === 'KEEP_SIZE' ? Falloc.KEEP_SIZE : Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE;
-    for (;;) {
-      try {
-        native.fallocate(fd, bits, offset, length);
-        return;
-      } catch (e) {
-        if (e instanceof KvmError && e.code === 'EINTR') continue;
-        throw e instanceof KvmError ? e.withRequest({ fd, mode, offset: BigInt(offset), length: BigInt(length) }) : e;
-      }
+    try {
+      retryOnEintr(() => native.fallocate(fd, bits, offset, length));
+    } catch (e) {
+      throw e instanceof KvmError ? e.withRequest({ fd, mode, offset: BigInt(offset), length: BigInt(length) }) : e;
     }
   }
 

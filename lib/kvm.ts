@@ -2,7 +2,7 @@
 // version, answers capability questions and creates VMs.
 import { readFileSync } from 'node:fs';
 import { type Capabilities, capNumber, checkExtensions, readCapabilities } from './capabilities.js';
-import { MissingCapabilityError, withRequest } from './errors.js';
+import { MissingCapabilityError, retryOnEintr, withRequest } from './errors.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
 import { Cap, type CapName, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from './uapi.js';
@@ -89,7 +89,7 @@ export class Kvm extends FdResource implements VmParent {
       throw new MissingCapabilityError('KVM_CAP_VM_TYPES', CapSince.VM_TYPES, `a '${type}' VM (this kernel offers: ${this.capabilities().vmTypes.join(', ')})`);
     }
     const parent = this.vmParent();
-    const vmFd = withRequest({ type: bits }, () => native.createVm(fd, bits),
+    const vmFd = withRequest({ type: bits }, () => retryOnEintr(() => native.createVm(fd, bits)),
       (n) => (n === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []));
     return new Vm(vmFd, type, parent);
   }

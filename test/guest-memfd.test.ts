@@ -1,14 +1,13 @@
 // guest_memfd files (KVM_CREATE_GUEST_MEMFD): sizes and flags checked before
 // the kernel (and the kernel, asked raw, agreeing), no read/write, fallocate
 // to allocate and punch holes, and the 6.18 mapping (MMAP + INIT_SHARED).
-import { spawn } from 'node:child_process';
 import { readSync, writeSync, ftruncateSync } from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import {
   AlignmentError, ClosedError, errnoName, GuestMemfdFlag, GuestMemfdRuleError, KvmError, type GuestMemfdFlagName, raw,
 } from '../lib/index.js';
 import { Mapping } from '../lib/mapping.js';
-import { expectKernel, expectKernelAgrees, expectRule, openKvm, vmCaps } from './helpers.js';
+import { expectKernel, expectKernelAgrees, expectRule, openKvm, sawEintr, underSignalStorm, vmCaps } from './helpers.js';
 
 const KEEP_SIZE = 0x01;
 const PUNCH_HOLE = 0x02;
@@ -176,36 +175,17 @@ describe('allocate and punchHole (fallocate)', () => {
     using vm = kvm.createVm();
     const LEN = 64 << 20; // long enough per call (16,384 folios) that signals land inside it
     using g = vm.createGuestMemfd({ size: LEN });
-    let first: () => void = () => {};
-    const started = new Promise<void>((res) => (first = res));
-    const onSignal = (): void => first();
-    process.on('SIGUSR2', onSignal);
-    // A signal about every millisecond (sleep is a separate process). Not a
-    // tight loop: a signal pending at every entry would let no call make
-    // progress, and the package's retry relies on progress between signals.
-    const storm = spawn('bash', ['-c', `while kill -USR2 ${process.pid} 2>/dev/null; do sleep 0.001; done`], { stdio: 'ignore' });
-    try {
-      await started;
-      let rawEintr = 0;
-      for (let i = 0; i < 10; i++) {
-        try {
-          raw.fallocate(g, KEEP_SIZE, 0, LEN);
-        } catch (e) {
-          if (!(e instanceof KvmError) || e.code !== 'EINTR') throw e;
-          rawEintr++;
-        }
-        g.punchHole(0, LEN);
-      }
+    await underSignalStorm(() => {
       // The storm reaches the syscall: kvm_gmem_allocate() checks signal_pending() per folio.
-      expect(rawEintr).toBeGreaterThan(0);
+      expect(sawEintr(() => {
+        raw.fallocate(g, KEEP_SIZE, 0, LEN);
+        g.punchHole(0, LEN);
+      }, 1000)).toBe(true);
       for (let i = 0; i < 10; i++) {
         g.allocate(0, LEN);
         g.punchHole(0, LEN);
       }
-    } finally {
-      storm.kill();
-      process.off('SIGUSR2', onSignal);
-    }
+    });
   });
 
   test('fstat: the size never changes; guest_memfd does not count its pages in st_blocks (0 on 6.12 and 6.18)', () => {

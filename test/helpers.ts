@@ -1,7 +1,9 @@
 // Small helpers shared by the feature tests: open /dev/kvm, read what this
 // host offers (once, at collection time, so tests can skip visibly), assert a
 // rule error or a kernel errno, and snapshot a VM's tables so a test can show
-// that a refused request changed nothing.
+// that a refused request changed nothing; and a signal storm for the calls
+// the kernel abandons with EINTR.
+import { spawn } from 'node:child_process';
 import { expect } from 'vitest';
 import {
   type Capabilities, errnoName, type GuestMemfd, Kvm, KvmError, type KvmRuleError, type Vm, type VmTypeName,
@@ -107,4 +109,38 @@ export function newVm(type: VmTypeName = 'default'): VmHandle {
     kvm.close();
     throw e;
   }
+}
+
+/**
+ * Runs `f` while another process sends this one SIGUSR2 about every
+ * millisecond (handled, so each one is pending in whatever syscall is
+ * running). Not a tight loop: with a signal pending at every entry no
+ * EINTR-abandoned call could make progress.
+ */
+export async function underSignalStorm<T>(f: () => T): Promise<T> {
+  let first: () => void = () => {};
+  const started = new Promise<void>((res) => (first = res));
+  const onSignal = (): void => first();
+  process.on('SIGUSR2', onSignal);
+  const storm = spawn('bash', ['-c', `while kill -USR2 ${process.pid} 2>/dev/null; do sleep 0.001; done`], { stdio: 'ignore' });
+  try {
+    await started;
+    return f();
+  } finally {
+    storm.kill();
+    process.off('SIGUSR2', onSignal);
+  }
+}
+
+/** Calls `f` until it fails with EINTR (true) or `tries` calls succeeded (false). */
+export function sawEintr(f: () => void, tries: number): boolean {
+  for (let i = 0; i < tries; i++) {
+    try {
+      f();
+    } catch (e) {
+      if (e instanceof KvmError && e.code === 'EINTR') return true;
+      throw e;
+    }
+  }
+  return false;
 }

@@ -5,7 +5,7 @@ import { describe, expect, test } from 'vitest';
 import {
   Cap, type CapName, ClosedError, Kvm, KvmError, MemoryAttribute, MissingCapabilityError, raw, VmType, type VmTypeName,
 } from '../lib/index.js';
-import { guestMemfdVmType, hostCaps, openKvm, vmCaps } from './helpers.js';
+import { guestMemfdVmType, hostCaps, openKvm, sawEintr, underSignalStorm, vmCaps } from './helpers.js';
 
 const caps = hostCaps();
 const capNames = Object.keys(Cap) as CapName[];
@@ -122,6 +122,15 @@ describe('createVm', () => {
     expect(vm.fd).toBeGreaterThanOrEqual(0);
     expect(vm.fd).not.toBe(kvm.fd);
     expect(vm.memslots()).toEqual([]);
+  });
+
+  test('under a storm of signals raw KVM_CREATE_VM fails with EINTR now and then; createVm() repeats it and always succeeds', async () => {
+    using kvm = openKvm();
+    await underSignalStorm(() => {
+      // mmu_notifier_register -> mm_take_all_locks gives up on any pending signal.
+      expect(sawEintr(() => raw.createVm(kvm, VmType.default).close(), 5000)).toBe(true);
+      for (let i = 0; i < 200; i++) kvm.createVm().close();
+    });
   });
 
   test('an unknown VM type name is a TypeError', () => {
