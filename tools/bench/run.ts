@@ -6,9 +6,9 @@
 // per-pair JS/C ratios with min and max, and the absolute medians, as a
 // table and as JSON. The memslot scale curve is one long run per side.
 //
-//   node dist/tools/bench/run.js [--rounds N] [--cases a,b] [--json FILE] [--quick]
+//   node dist/tools/bench/run.js [--rounds N] [--cases a,b] [--json FILE] [--quick] [--no-pin]
 //   node dist/tools/bench/run.js --testvm   (conversions, inside the test VM)
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -253,6 +253,20 @@ async function main(): Promise<void> {
     });
     process.exitCode = r.exitCode;
     return;
+  }
+  // Both sides on one CPU (the twin inherits the affinity): unpinned, this
+  // shared host moved either side between CPUs at random and the kernel's
+  // cost of the same memslot ioctl wandered 2x with it.
+  if (!args.includes('--no-pin') && process.env.KVM_GMEM_BENCH_PINNED !== '1' && cpus().length > 1) {
+    const cpu = String(cpus().length - 1);
+    const r = spawnSync('taskset', ['-c', cpu, process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
+      stdio: 'inherit', env: { ...process.env, KVM_GMEM_BENCH_PINNED: '1' },
+    });
+    if (!r.error) {
+      process.exitCode = r.status ?? 1;
+      return;
+    }
+    console.error(`bench: not pinned to a CPU (taskset: ${r.error.message}); ratios will be noisier`);
   }
   const rounds = Number(opt('--rounds') ?? 31);
   const only = opt('--cases')?.split(',');
