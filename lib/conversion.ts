@@ -13,7 +13,7 @@
 // change and every discard that did happen; the failed one is in `cause`.
 import { KvmError } from './errors.js';
 import type { Memslot } from './memslot.js';
-import { toU64, type U64Input } from './util/args.js';
+import { isSafeUint, toU64, type U64Input } from './util/args.js';
 import { MemoryAttribute } from './uapi.js';
 
 export interface GpaRange {
@@ -62,16 +62,12 @@ export interface ConversionHost {
   memslotsIn(startGfn: number, endGfn: number): Memslot[];
 }
 
-function isSmallUint(v: unknown): v is number {
-  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-}
-
 export function convert(vm: ConversionHost, range: GpaRange, to: 'private' | 'shared', options: ConversionOptions): ConversionRecord {
   if (to !== 'private' && to !== 'shared') throw new TypeError(`convert: 'to' must be 'private' or 'shared', got ${String(to)}`);
   // Numbers go through as given (the VM's number fast path); anything else
   // is validated here first, so a bad type is reported as convert's.
-  if (!isSmallUint(range.gpa)) toU64(range.gpa, 'convert: gpa');
-  if (!isSmallUint(range.size)) toU64(range.size, 'convert: size');
+  if (!isSafeUint(range.gpa)) toU64(range.gpa, 'convert: gpa');
+  if (!isSafeUint(range.size)) toU64(range.size, 'convert: size');
   const attributes = to === 'private' ? MemoryAttribute.PRIVATE : 0;
   vm.setMemoryAttributes(range, attributes);
   const gpa = Number(range.gpa);

@@ -8,17 +8,9 @@ import { Mapping } from './mapping.js';
 import type { GuestMemfdInfo, SlotEntry } from './memslot-table.js';
 import { native } from './native.js';
 import { FdResource } from './resource.js';
-import { toU64, type U64Input } from './util/args.js';
+import { isPageRange, toU64, type U64Input } from './util/args.js';
 import { IntervalMap } from './util/interval-map.js';
 import { Falloc, type GuestMemfdFlagName, GuestMemfdFlag, guestMemfdFlagBits } from './uapi.js';
-
-// The common case, checked in numbers: a non-empty, page-aligned range given
-// as numbers that ends by `end` (and below 2^53). Anything else goes through
-// checkRange(), which names the rule it breaks.
-function isPageRange(offset: U64Input, length: U64Input, end: number): offset is number {
-  return typeof offset === 'number' && typeof length === 'number' && Number.isSafeInteger(offset) && Number.isSafeInteger(length) &&
-    offset >= 0 && length > 0 && offset % 4096 === 0 && length % 4096 === 0 && offset + length <= end;
-}
 
 export interface BoundRange {
   slot: number;
@@ -87,7 +79,7 @@ export class GuestMemfd extends FdResource implements GuestMemfdInfo {
    */
   punchHole(offset: U64Input, length: U64Input): void {
     const fd = this.use('punch a hole');
-    if (isPageRange(offset, length, Number.MAX_SAFE_INTEGER)) this.fallocate(fd, 'PUNCH_HOLE|KEEP_SIZE', offset, length);
+    if (isPageRange(offset, length)) this.fallocate(fd, 'PUNCH_HOLE|KEEP_SIZE', offset, length);
     else {
       const [o, l] = this.checkRange('punchHole', offset, length, false);
       this.fallocate(fd, 'PUNCH_HOLE|KEEP_SIZE', o, l);

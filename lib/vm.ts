@@ -17,7 +17,7 @@ import { native } from './native.js';
 import { FdResource } from './resource.js';
 import { Vcpu } from './vcpu.js';
 import type { CpuidEntry } from './x86/regs.js';
-import { toU32, toU64, type U64Input } from './util/args.js';
+import { isPageRange, toU32, toU64, type U64Input } from './util/args.js';
 import {
   Cap, type CapName, CapSince, errno, type GuestMemfdFlagName, guestMemfdFlagBits, guestMemfdFlagSince, MemFlag,
   MemoryAttribute, PAGE_SHIFT, U64_MAX, type VmTypeName,
@@ -59,11 +59,6 @@ export interface VmParent {
 
 let nextVmId = 1;
 
-/** A non-empty, page-aligned [gpa, gpa + size) that stays below 2^53. */
-function isPageRange(gpa: number, size: number): boolean {
-  return Number.isSafeInteger(gpa) && Number.isSafeInteger(size) && gpa >= 0 && size > 0 &&
-    gpa % 4096 === 0 && size % 4096 === 0 && Number.isSafeInteger(gpa + size);
-}
 
 export class Vm extends FdResource implements MemslotOwner {
   readonly id = nextVmId++;

@@ -22,3 +22,18 @@ export function toU32(v: unknown, name: string): number {
 export function small(v: bigint): number {
   return Number(v);
 }
+
+/** A number toU64() accepts as it is: a safe integer >= 0 (no bigint needed). */
+export function isSafeUint(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/**
+ * A non-empty, page-aligned [start, start + length) given as numbers that
+ * ends by `end` (at most 2^53 - 1): the common case, which the hot paths
+ * check in numbers; anything else takes their exact bigint path, which
+ * names the rule it breaks.
+ */
+export function isPageRange(start: unknown, length: unknown, end = Number.MAX_SAFE_INTEGER): boolean {
+  return isSafeUint(start) && isSafeUint(length) && length > 0 && start % 4096 === 0 && length % 4096 === 0 && start + length <= end;
+}
