@@ -50,6 +50,13 @@ static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), IoctlInt(info.Env(), fd, KVM_GET_API_VERSION, 0, "ioctl(KVM_GET_API_VERSION)"));
 }
 
+// The ioctl behind both plain-Node-API forms below.
+static napi_value IssueCheckExtension(napi_env env, int fd, int32_t cap) {
+  int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+  if (r < 0) return ThrowErrnoRaw(env, errno, "ioctl(KVM_CHECK_EXTENSION)");
+  return RawInt32(env, r);
+}
+
 // checkExtension(fd, cap) -> int. Valid on /dev/kvm and on a VM fd; the VM
 // answer is the one that counts for VM types other than the default.
 // Plain Node-API rather than node-addon-api: this is the cheapest ioctl, so
@@ -63,9 +70,7 @@ static napi_value CheckExtension(napi_env env, napi_callback_info cbinfo) {
     napi_throw_type_error(env, nullptr, "checkExtension: expected (fd, cap), both integers 0..2^31-1");
     return nullptr;
   }
-  int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
-  if (r < 0) return ThrowErrnoRaw(env, errno, "ioctl(KVM_CHECK_EXTENSION)");
-  return RawInt32(env, r);
+  return IssueCheckExtension(env, fd, cap);
 }
 
 // checkExtensionBind(fd) -> check(cap) -> int: checkExtension with the fd
@@ -82,9 +87,7 @@ static napi_value BoundCheckExtension(napi_env env, napi_callback_info cbinfo) {
     napi_throw_type_error(env, nullptr, "checkExtension: expected (cap), an integer 0..2^31-1");
     return nullptr;
   }
-  int r = ioctl(static_cast<int>(reinterpret_cast<intptr_t>(data)), KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
-  if (r < 0) return ThrowErrnoRaw(env, errno, "ioctl(KVM_CHECK_EXTENSION)");
-  return RawInt32(env, r);
+  return IssueCheckExtension(env, static_cast<int>(reinterpret_cast<intptr_t>(data)), cap);
 }
 
 static Napi::Value CheckExtensionBind(const Napi::CallbackInfo& info) {
