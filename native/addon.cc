@@ -13,24 +13,45 @@
 namespace kvmgmem {
 
 AddonData::~AddonData() {
-  // Environment teardown (a worker thread exiting, or process exit): close
-  // what JavaScript left open. Finalizers of the ArrayBuffers may still run
-  // later; they see `unmapped` and only free the record. (A finalizer that
-  // ran earlier already removed its record from `mappings`.)
+  // Environment teardown (a worker thread exiting, or process exit). Runner
+  // threads first: one may be inside KVM_RUN and write immediate_exit into a
+  // kvm_run page that is about to be unmapped. Then close what JavaScript
+  // left open. Finalizers of the handles and views may still run later; they
+  // see `unmapped` and `owner == nullptr` and only free the record.
+  for (Runner* r : runners) StopRunner(r);
+  runners.clear();
   for (auto& [addr, m] : mappings) {
     munmap(m->addr, m->length);
     m->unmapped = true;
     m->owner = nullptr;
   }
+  mappings.clear();
   for (int fd : fds) close(fd);
 }
 
 AddonData& Data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
 
+static Napi::Error WithCode(Napi::Error e, const char* code) {
+  e.Set("code", Napi::String::New(e.Env(), code));
+  return e;
+}
+
+Napi::Error ArgError(Napi::Env env, const std::string& message, const char* code) {
+  return WithCode(Napi::TypeError::New(env, message), code);
+}
+
+Napi::Error ArgRangeError(Napi::Env env, const std::string& message) {
+  return WithCode(Napi::RangeError::New(env, message), "ERR_OUT_OF_RANGE");
+}
+
+Napi::Error CodedError(Napi::Env env, const std::string& message, const char* code) {
+  return WithCode(Napi::Error::New(env, message), code);
+}
+
 void ThrowErrno(Napi::Env env, int err, const char* syscall) {
   AddonData& d = Data(env);
   if (d.errorFactory.IsEmpty()) {
-    throw Napi::Error::New(env, std::string(syscall) + " failed: errno " + std::to_string(err));
+    throw CodedError(env, std::string(syscall) + " failed: errno " + std::to_string(err), "ERR_KVM_INTERNAL");
   }
   Napi::Value e = d.errorFactory.Call({Napi::Number::New(env, err), Napi::String::New(env, syscall)});
   throw Napi::Error(env, e);
@@ -41,7 +62,7 @@ napi_value ThrowErrnoRaw(napi_env env, int err, const char* syscall) {
   napi_get_instance_data(env, reinterpret_cast<void**>(&d));
   napi_value factory = nullptr, args[2], result = nullptr;
   if (d == nullptr || d->errorFactory.IsEmpty() || napi_get_reference_value(env, d->errorFactory, &factory) != napi_ok) {
-    napi_throw_error(env, nullptr, (std::string(syscall) + " failed: errno " + std::to_string(err)).c_str());
+    napi_throw_error(env, "ERR_KVM_INTERNAL", (std::string(syscall) + " failed: errno " + std::to_string(err)).c_str());
     return nullptr;
   }
   napi_create_int32(env, err, &args[0]);
@@ -67,14 +88,11 @@ napi_value RawInt32(napi_env env, int32_t v) {
   return out;
 }
 
-static std::string Where(const char* fn, const char* name) {
-  return std::string(fn) + ": argument '" + name + "'";
-}
+static std::string Where(const char* fn, const char* name) { return std::string(fn) + ": argument '" + name + "'"; }
 
 void ExpectArgs(const Napi::CallbackInfo& info, size_t n, const char* fn) {
   if (info.Length() != n) {
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected " + std::to_string(n) +
-                                               " arguments, got " + std::to_string(info.Length()));
+    throw ArgError(info.Env(), std::string(fn) + ": expected " + std::to_string(n) + " arguments, got " + std::to_string(info.Length()));
   }
 }
 
@@ -84,7 +102,7 @@ int FdArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* 
     double d = v.As<Napi::Number>().DoubleValue();
     if (d >= 0 && d <= INT32_MAX && std::floor(d) == d) return static_cast<int>(d);
   }
-  throw Napi::TypeError::New(info.Env(), Where(fn, name) + " must be a file descriptor (integer 0..2^31-1)");
+  throw ArgError(info.Env(), Where(fn, name) + " must be a file descriptor (integer 0..2^31-1)", v.IsNumber() ? kArgValue : kArgType);
 }
 
 uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
@@ -93,7 +111,7 @@ uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const 
     double d = v.As<Napi::Number>().DoubleValue();
     if (d >= 0 && d <= UINT32_MAX && std::floor(d) == d) return static_cast<uint32_t>(d);
   }
-  throw Napi::TypeError::New(info.Env(), Where(fn, name) + " must be an integer 0..2^32-1");
+  throw ArgError(info.Env(), Where(fn, name) + " must be an integer 0..2^32-1", v.IsNumber() ? kArgValue : kArgType);
 }
 
 uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
@@ -106,8 +124,8 @@ uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const 
     uint64_t u = v.As<Napi::BigInt>().Uint64Value(&lossless);
     if (lossless) return u;
   }
-  throw Napi::TypeError::New(info.Env(),
-                             Where(fn, name) + " must be a non-negative safe integer or a bigint below 2^64");
+  throw ArgError(info.Env(), Where(fn, name) + " must be a non-negative safe integer or a bigint below 2^64",
+                 v.IsNumber() || v.IsBigInt() ? kArgValue : kArgType);
 }
 
 Napi::Value U64Value(Napi::Env env, uint64_t v) {
@@ -116,18 +134,38 @@ Napi::Value U64Value(Napi::Env env, uint64_t v) {
 }
 
 void TrackFd(Napi::Env env, int fd) { Data(env).fds.insert(fd); }
-void UntrackFd(Napi::Env env, int fd) { Data(env).fds.erase(fd); }
+void UntrackFd(Napi::Env env, int fd) {
+  AddonData& d = Data(env);
+  d.fds.erase(fd);
+  d.gmemFlags.erase(fd);
+}
+
+void TrackGuestMemfd(Napi::Env env, int fd, uint64_t flags) {
+  AddonData& d = Data(env);
+  d.fds.insert(fd);
+  d.gmemFlags[fd] = flags;
+}
 
 // setErrorFactory(fn): fn(errno, syscall) returns the Error to throw.
 static void SetErrorFactory(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "setErrorFactory");
-  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorFactory: expected a function");
+  if (!info[0].IsFunction()) throw ArgError(info.Env(), "setErrorFactory: expected a function");
   Data(info.Env()).errorFactory = Napi::Persistent(info[0].As<Napi::Function>());
+}
+
+// setMaxView(n): the largest external ArrayBuffer this Node makes
+// (buffer.constants.MAX_LENGTH); views of a mapping are at most this long.
+static void SetMaxView(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "setMaxView");
+  uint64_t n = U64Arg(info, 0, "setMaxView", "n");
+  if (n < 4096) throw ArgRangeError(info.Env(), "setMaxView: at least one page");
+  Data(info.Env()).maxView = static_cast<size_t>(n);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("setErrorFactory", Napi::Function::New(env, SetErrorFactory, "setErrorFactory"));
+  exports.Set("setMaxView", Napi::Function::New(env, SetMaxView, "setMaxView"));
   InitSystem(env, exports);
   InitVm(env, exports);
   InitGuestMemfd(env, exports);

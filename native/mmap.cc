@@ -1,92 +1,229 @@
 // Memory mappings handed to JavaScript: mmap(2), munmap(2), madvise(2).
-// A mapping becomes an external ArrayBuffer. munmap() detaches the
-// ArrayBuffer before unmapping, so every view of it reads as length 0
-// afterwards instead of touching unmapped memory; the ArrayBuffer's
-// finalizer unmaps only what was never unmapped explicitly.
+// A mapping is a handle (an External) plus views: external ArrayBuffers over
+// parts of it, none longer than Node's largest external buffer (2^32 bytes
+// on Node 20), so a memslot's memory may be as large as the kernel allows.
+// munmap() detaches the views it is given before unmapping, so a stale view
+// reads as length 0 instead of touching unmapped memory; the handle and the
+// views hold references, and the last one to be finalized unmaps what was
+// never unmapped explicitly.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
 
 #include "addon.h"
 
 namespace kvmgmem {
 
-// Runs when the ArrayBuffer is collected, or at environment teardown (in
-// either order with ~AddonData): drops the record from the environment's list
-// before freeing it, so the teardown never touches a freed record.
-static void FinalizeMapping(Napi::Env, void*, Mapping* m) {
+constexpr long kGuestMemfdMagic = 0x474d454d;  // its own pseudo fs (include/uapi/linux/magic.h, 7.x)
+constexpr long kAnonInodeMagic = 0x09041934;   // before that, an anonymous inode
+
+// Whether `fd` is a guest_memfd: a file of the guest_memfd fs, or (older
+// kernels) the anonymous inode named "[kvm-gmem]".
+static bool IsGuestMemfd(int fd, long fsType) {
+  if (fsType == kGuestMemfdMagic) return true;
+  if (fsType != kAnonInodeMagic) return false;
+  char path[64], target[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n < 0) return false;
+  target[n] = 0;
+  return std::strcmp(target, "anon_inode:[kvm-gmem]") == 0;
+}
+constexpr uint64_t kGmemFlagMmap = 1, kGmemFlagInitShared = 2;
+
+static void Drop(Mapping* m) {
   if (m->owner != nullptr) {
     auto it = m->owner->mappings.find(m->addr);
     if (it != m->owner->mappings.end() && it->second == m) m->owner->mappings.erase(it);
+    m->owner = nullptr;
   }
   if (!m->unmapped) munmap(m->addr, m->length);
+  m->unmapped = true;
   delete m;
 }
 
-// mmap(fd | -1, length, prot, flags, offset) -> { buffer, address }
+void UnrefMapping(Mapping* m) {
+  if (--m->refs == 0 && m->pins == 0) Drop(m);
+}
+
+void PinMapping(Mapping* m) { m->pins++; }
+
+void UnpinMapping(Mapping* m) {
+  if (--m->pins == 0 && m->refs == 0) Drop(m);
+}
+
+Mapping* FindMapping(Napi::Env env, void* p) {
+  auto& maps = Data(env).mappings;
+  auto it = maps.find(p);
+  return it == maps.end() || it->second->unmapped ? nullptr : it->second;
+}
+
+static void FinalizeHandle(Napi::Env, Mapping* m) { UnrefMapping(m); }
+
+static void FinalizeView(napi_env, void*, void* hint) { UnrefMapping(static_cast<Mapping*>(hint)); }
+
+// An external ArrayBuffer over [offset, offset + length) of `m`. The caller
+// has checked the range and that length <= maxView: Node 20 refuses a longer
+// one only after calling the finalizer, which would free a live record.
+static napi_value NewView(napi_env env, Mapping* m, size_t offset, size_t length) {
+  napi_value ab = nullptr;
+  m->refs++;
+  if (napi_create_external_arraybuffer(env, static_cast<char*>(m->addr) + offset, length, FinalizeView, m, &ab) != napi_ok) {
+    m->refs--;
+    return nullptr;
+  }
+  return ab;
+}
+
+// Refuses a mapping whose first touch past the end of its file, or of a
+// guest_memfd page that is not shared, would raise SIGBUS and kill the
+// process. Only regular files are checked (a vCPU's kvm_run is an anonymous
+// inode with size 0); a file that shrinks after mmap() can still do it.
+static void CheckFileMapping(Napi::Env env, int fd, uint64_t length, uint64_t offset) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) ThrowErrno(env, errno, "fstat");
+  if (!S_ISREG(st.st_mode)) return;
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (offset > size || length > size - offset) {
+    throw ArgRangeError(env, "mmap: [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
+                                 ") extends past the end of the file (size " + std::to_string(size) +
+                                 "): touching those pages would raise SIGBUS");
+  }
+  struct statfs fs;
+  if (fstatfs(fd, &fs) < 0) ThrowErrno(env, errno, "fstatfs");
+  if (!IsGuestMemfd(fd, static_cast<long>(fs.f_type))) return;
+  auto& flags = Data(env).gmemFlags;
+  auto it = flags.find(fd);
+  if (it == flags.end())
+    throw ArgError(env,
+                   "mmap: fd " + std::to_string(fd) +
+                       " is a guest_memfd this process did not create here: its create flags are unknown, and without init-shared every "
+                       "access raises SIGBUS",
+                   kArgValue);
+  // Without 'mmap' the kernel refuses the mapping itself (ENODEV); with
+  // 'mmap' but not 'init-shared' it maps it, and the first touch is SIGBUS.
+  if ((it->second & kGmemFlagMmap) && !(it->second & kGmemFlagInitShared))
+    throw ArgError(env,
+                   "mmap: guest_memfd fd " + std::to_string(fd) +
+                       " was created with 'mmap' but without 'init-shared': its pages start private and touching the mapping raises SIGBUS",
+                   kArgValue);
+}
+
+// mmap(fd | -1, length, prot, flags, offset, checkFile) -> { handle, address, buffer }
+// `buffer` views [0, min(length, maxView)).
 static Napi::Value Mmap(const Napi::CallbackInfo& info) {
   const char* fn = "mmap";
-  ExpectArgs(info, 5, fn);
+  ExpectArgs(info, 6, fn);
   Napi::Env env = info.Env();
   int fd = -1;
-  if (!(info[0].IsNumber() && info[0].As<Napi::Number>().Int32Value() == -1 &&
-        info[0].As<Napi::Number>().DoubleValue() == -1))
+  if (!(info[0].IsNumber() && info[0].As<Napi::Number>().Int32Value() == -1 && info[0].As<Napi::Number>().DoubleValue() == -1))
     fd = FdArg(info, 0, fn, "fd");
   uint64_t length = U64Arg(info, 1, fn, "length");
   uint32_t prot = U32Arg(info, 2, fn, "prot");
   uint32_t flags = U32Arg(info, 3, fn, "flags");
   uint64_t offset = U64Arg(info, 4, fn, "offset");
-  if (flags & MAP_FIXED) throw Napi::TypeError::New(env, "mmap: MAP_FIXED is not allowed (it could replace live memory)");
+  bool check = info[5].ToBoolean();
+  if (flags & MAP_FIXED) throw ArgError(env, "mmap: MAP_FIXED is not allowed (it could replace live memory)", kArgValue);
+  if (fd >= 0 && check) CheckFileMapping(env, fd, length, offset);
   void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) ThrowErrno(env, errno, "mmap");
-  auto* m = new Mapping{p, static_cast<size_t>(length), false, &Data(env)};
-  Data(env).mappings[p] = m;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, length, FinalizeMapping, m);
+  AddonData& d = Data(env);
+  auto* m = new Mapping{p, static_cast<size_t>(length), false, 0, 0, &d};
+  d.mappings[p] = m;
+  m->refs++;  // the handle's; released by its finalizer
+  Napi::External<Mapping> handle;
+  try {
+    handle = Napi::External<Mapping>::New(env, m, FinalizeHandle);
+  } catch (...) {
+    UnrefMapping(m);
+    throw;
+  }
+  napi_value ab = NewView(env, m, 0, length < d.maxView ? length : d.maxView);
+  if (ab == nullptr) throw CodedError(env, "mmap: could not create the view", "ERR_KVM_INTERNAL");
   Napi::Object o = Napi::Object::New(env);
-  o.Set("buffer", ab);
+  o.Set("handle", handle);
+  o.Set("buffer", Napi::Value(env, ab));
   o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))));
   return o;
 }
 
-static Mapping* MappingArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
-  if (!info[i].IsArrayBuffer()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected a mapping's ArrayBuffer");
-  Napi::ArrayBuffer ab = info[i].As<Napi::ArrayBuffer>();
-  auto& maps = Data(info.Env()).mappings;
-  auto it = maps.find(ab.Data());
-  if (ab.Data() == nullptr || it == maps.end() || it->second->length != ab.ByteLength())
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": the ArrayBuffer is not a live mapping");
-  return it->second;
+static Mapping* HandleArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (!info[i].IsExternal()) throw ArgError(info.Env(), std::string(fn) + ": expected a mapping handle");
+  Mapping* m = info[i].As<Napi::External<Mapping>>().Data();
+  if (m == nullptr || m->unmapped || m->owner != &Data(info.Env()))
+    throw ArgError(info.Env(), std::string(fn) + ": the mapping is not live", kArgValue);
+  return m;
 }
 
-// munmap(buffer): detach every view first, then unmap.
+static void CheckRange(const Napi::CallbackInfo& info, Mapping* m, uint64_t offset, uint64_t length, const char* fn) {
+  if (offset > m->length || length > m->length - offset) throw ArgRangeError(info.Env(), std::string(fn) + ": range outside the mapping");
+}
+
+// mappingView(handle, offset, length) -> ArrayBuffer over that range.
+static Napi::Value MappingView(const Napi::CallbackInfo& info) {
+  const char* fn = "mappingView";
+  ExpectArgs(info, 3, fn);
+  Mapping* m = HandleArg(info, 0, fn);
+  uint64_t offset = U64Arg(info, 1, fn, "offset");
+  uint64_t length = U64Arg(info, 2, fn, "length");
+  CheckRange(info, m, offset, length, fn);
+  size_t max = Data(info.Env()).maxView;
+  if (length > max)
+    throw ArgRangeError(info.Env(),
+                        std::string(fn) + ": a view is at most " + std::to_string(max) + " bytes (buffer.constants.MAX_LENGTH)");
+  napi_value ab = NewView(info.Env(), m, offset, length);
+  if (ab == nullptr) throw CodedError(info.Env(), "mappingView: could not create the view", "ERR_KVM_INTERNAL");
+  return Napi::Value(info.Env(), ab);
+}
+
+// munmap(handle, views[]): detaches every view given (the ones JavaScript
+// made of this mapping), then unmaps. Refused while a runner thread uses
+// the mapping (a vCPU's kvm_run during run()).
 static void Munmap(const Napi::CallbackInfo& info) {
-  ExpectArgs(info, 1, "munmap");
-  Mapping* m = MappingArg(info, 0, "munmap");
-  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-  Data(info.Env()).mappings.erase(m->addr);
+  ExpectArgs(info, 2, "munmap");
+  Mapping* m = HandleArg(info, 0, "munmap");
+  if (!info[1].IsArray()) throw ArgError(info.Env(), "munmap: expected the mapping's views as an array");
+  if (m->pins > 0) throw ArgError(info.Env(), "munmap: a vCPU runner thread is using this mapping", kArgValue);
+  Napi::Array views = info[1].As<Napi::Array>();
+  char* lo = static_cast<char*>(m->addr);
+  for (uint32_t i = 0; i < views.Length(); i++) {
+    Napi::Value v = views[i];
+    if (!v.IsArrayBuffer()) continue;
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    char* p = static_cast<char*>(ab.Data());
+    // Only buffers over this mapping: detaching anything else is not ours to do.
+    if (p != nullptr && p >= lo && p + ab.ByteLength() <= lo + m->length) ab.Detach();
+  }
+  if (m->owner != nullptr) m->owner->mappings.erase(m->addr);
   m->owner = nullptr;
-  ab.Detach();
   m->unmapped = true;
   if (munmap(m->addr, m->length) < 0) ThrowErrno(info.Env(), errno, "munmap");
 }
 
-// madvise(buffer, offset, length, advice), e.g. MADV_REMOVE to drop the
+// madvise(handle, offset, length, advice), e.g. MADV_REMOVE to drop the
 // shared copy of a page that became private.
 static void Madvise(const Napi::CallbackInfo& info) {
   const char* fn = "madvise";
   ExpectArgs(info, 4, fn);
-  Mapping* m = MappingArg(info, 0, fn);
+  Mapping* m = HandleArg(info, 0, fn);
   uint64_t offset = U64Arg(info, 1, fn, "offset");
   uint64_t length = U64Arg(info, 2, fn, "length");
   uint32_t advice = U32Arg(info, 3, fn, "advice");
-  if (offset > m->length || length > m->length - offset)
-    throw Napi::RangeError::New(info.Env(), "madvise: range outside the mapping");
-  if (madvise(static_cast<char*>(m->addr) + offset, length, static_cast<int>(advice)) < 0)
-    ThrowErrno(info.Env(), errno, "madvise");
+  CheckRange(info, m, offset, length, fn);
+  if (madvise(static_cast<char*>(m->addr) + offset, length, static_cast<int>(advice)) < 0) ThrowErrno(info.Env(), errno, "madvise");
 }
 
 void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("mappingView", Napi::Function::New(env, MappingView, "mappingView"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
 }

@@ -3,7 +3,7 @@
 // KVM_GET_API_VERSION, KVM_CHECK_EXTENSION (also valid on a VM fd),
 // KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE and KVM_GET_SUPPORTED_CPUID
 // (Documentation/virt/kvm/api.rst, section 4). One function per syscall;
-// policy lives in lib/kvm.ts.
+// policy lives in lib/kvm/kvm.ts.
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -20,7 +20,7 @@ namespace kvmgmem {
 // openDevice(path) -> fd, opened O_RDWR|O_CLOEXEC.
 static Napi::Value OpenDevice(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "openDevice");
-  if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "openDevice: argument 'path' must be a string");
+  if (!info[0].IsString()) throw ArgError(info.Env(), "openDevice: argument 'path' must be a string");
   std::string path = info[0].As<Napi::String>();
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) ThrowErrno(info.Env(), errno, "open");
@@ -67,7 +67,7 @@ static napi_value CheckExtension(napi_env env, napi_callback_info cbinfo) {
   napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr);
   int32_t fd, cap;
   if (argc != 2 || !RawSmallInt(env, argv[0], &fd) || !RawSmallInt(env, argv[1], &cap)) {
-    napi_throw_type_error(env, nullptr, "checkExtension: expected (fd, cap), both integers 0..2^31-1");
+    napi_throw_type_error(env, kArgType, "checkExtension: expected (fd, cap), both integers 0..2^31-1");
     return nullptr;
   }
   return IssueCheckExtension(env, fd, cap);
@@ -84,7 +84,7 @@ static napi_value BoundCheckExtension(napi_env env, napi_callback_info cbinfo) {
   napi_get_cb_info(env, cbinfo, &argc, &arg, nullptr, &data);
   int32_t cap;
   if (argc != 1 || !RawSmallInt(env, arg, &cap)) {
-    napi_throw_type_error(env, nullptr, "checkExtension: expected (cap), an integer 0..2^31-1");
+    napi_throw_type_error(env, kArgType, "checkExtension: expected (cap), an integer 0..2^31-1");
     return nullptr;
   }
   return IssueCheckExtension(env, static_cast<int>(reinterpret_cast<intptr_t>(data)), cap);
@@ -109,13 +109,13 @@ static void CheckExtensions(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0, fn, "fd");
   for (size_t i = 1; i <= 2; i++) {
     if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected (fd, caps: Int32Array, out: Int32Array)");
+      throw ArgError(info.Env(), std::string(fn) + ": expected (fd, caps: Int32Array, out: Int32Array)");
   }
   Napi::Int32Array caps = info[1].As<Napi::Int32Array>();
   Napi::Int32Array out = info[2].As<Napi::Int32Array>();
-  if (out.ElementLength() < caps.ElementLength()) throw Napi::RangeError::New(info.Env(), std::string(fn) + ": out is shorter than caps");
+  if (out.ElementLength() < caps.ElementLength()) throw ArgRangeError(info.Env(), std::string(fn) + ": out is shorter than caps");
   for (size_t i = 0; i < caps.ElementLength(); i++) {
-    if (caps[i] < 0) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": caps must be non-negative");
+    if (caps[i] < 0) throw ArgError(info.Env(), std::string(fn) + ": caps must be non-negative", kArgValue);
   }
   for (size_t i = 0; i < caps.ElementLength(); i++) {
     int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(caps[i]));
@@ -138,8 +138,7 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
 static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "getVcpuMmapSize");
   int fd = FdArg(info, 0, "getVcpuMmapSize", "fd");
-  return Napi::Number::New(info.Env(),
-                           IoctlInt(info.Env(), fd, KVM_GET_VCPU_MMAP_SIZE, 0, "ioctl(KVM_GET_VCPU_MMAP_SIZE)"));
+  return Napi::Number::New(info.Env(), IoctlInt(info.Env(), fd, KVM_GET_VCPU_MMAP_SIZE, 0, "ioctl(KVM_GET_VCPU_MMAP_SIZE)"));
 }
 
 // getSupportedCpuid(fd) -> Buffer of struct kvm_cpuid_entry2[] (40 bytes

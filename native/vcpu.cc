@@ -20,9 +20,11 @@
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -31,12 +33,54 @@
 
 namespace kvmgmem {
 
-static thread_local kvm_run* tls_run = nullptr;
 static int SigKick() { return SIGRTMIN + 4; }
 
+// The kvm_run page each thread is running, for the kick signal's handler:
+// a fixed table searched by thread id. Not a thread_local: its first access
+// in a thread (and any access after a later dlopen) may call malloc, and a
+// kick landing while the new runner thread was inside malloc deadlocked it
+// on the malloc lock (found by the fuzz campaign). gettid() and atomics are
+// async-signal-safe. A thread registers only while it may be kicked.
+constexpr int kKickSlots = 4096;
+struct KickSlot {
+  std::atomic<pid_t> tid{0};
+  std::atomic<kvm_run*> run{nullptr};
+};
+static KickSlot kickSlots[kKickSlots];
+
+static pid_t Gettid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
+
+// Returns the slot taken, or -1 when all are (the run then loses only a
+// kick that lands just before KVM_RUN starts).
+static int RegisterKickable(pid_t tid, kvm_run* run) {
+  for (int i = 0; i < kKickSlots; i++) {
+    pid_t expected = 0;
+    if (kickSlots[i].tid.load(std::memory_order_relaxed) == 0 && kickSlots[i].tid.compare_exchange_strong(expected, -1)) {
+      kickSlots[i].run.store(run);
+      kickSlots[i].tid.store(tid);
+      return i;
+    }
+  }
+  return -1;
+}
+
+static void UnregisterKickable(int slot) {
+  if (slot < 0) return;
+  kickSlots[slot].tid.store(-1);
+  kickSlots[slot].run.store(nullptr);
+  kickSlots[slot].tid.store(0);
+}
+
 static void OnKick(int) {
-  kvm_run* r = tls_run;
-  if (r != nullptr) __atomic_store_n(&r->immediate_exit, 1, __ATOMIC_SEQ_CST);
+  int saved = errno;
+  pid_t tid = Gettid();
+  for (int i = 0; i < kKickSlots; i++) {
+    if (kickSlots[i].tid.load() != tid) continue;
+    kvm_run* r = kickSlots[i].run.load();
+    if (r != nullptr) __atomic_store_n(&r->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    break;
+  }
+  errno = saved;
 }
 
 static void InstallKickHandler() {
@@ -53,27 +97,34 @@ static void InstallKickHandler() {
 // ioctl(KVM_RUN) on `run`'s vCPU. Returns 0, or -errno for the two failures
 // that are exits rather than errors: EINTR (exit_reason KVM_EXIT_INTR) and
 // EFAULT/EHWPOISON with KVM_EXIT_MEMORY_FAULT. Any other failure: errno > 0
-// in *err and the result is 1. `kickable`: a kick may target this thread
-// during the run, so its handler must find `run` (a thread_local costs a
-// __tls_get_addr call in a shared object: only paid when needed).
-static int DoRun(int fd, kvm_run* run, int* err, bool kickable) {
-  if (kickable) tls_run = run;
+// in *err and the result is 1. `tid` >= 0: a kick may target this thread
+// (id `tid`) during the run, so its handler must find `run`; -1: no kick can
+// (runSync without a deadline: nothing to register on the hot path).
+static int DoRun(int fd, kvm_run* run, int* err, pid_t tid) {
+  int slot = tid >= 0 ? RegisterKickable(tid, run) : -1;
   int r = ioctl(fd, KVM_RUN, 0);
-  if (kickable) tls_run = nullptr;
+  int e = errno;  // before anything else can change it
+  UnregisterKickable(slot);
   if (r == 0) return 0;
-  int e = errno;
   if (e == EINTR) return -EINTR;
-  if ((e == EFAULT || e == EHWPOISON) && run->exit_reason == 39 /* KVM_EXIT_MEMORY_FAULT */) return -e;
+  if ((e == EFAULT || e == EHWPOISON) && run->exit_reason == KVM_EXIT_MEMORY_FAULT) return -e;
   *err = e;
   return 1;
 }
 
-static kvm_run* RunArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
-  if (!info[i].IsArrayBuffer()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected the kvm_run ArrayBuffer");
+// The kvm_run page: the first view of a live mapping of this environment
+// (so a runner can pin it, and no other buffer is mistaken for it).
+static Mapping* RunMappingArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (!info[i].IsArrayBuffer()) throw ArgError(info.Env(), std::string(fn) + ": expected the kvm_run ArrayBuffer");
   Napi::ArrayBuffer ab = info[i].As<Napi::ArrayBuffer>();
-  if (ab.Data() == nullptr || ab.ByteLength() < sizeof(kvm_run))
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": the kvm_run mapping is unmapped or too small");
-  return static_cast<kvm_run*>(ab.Data());
+  Mapping* m = ab.Data() == nullptr ? nullptr : FindMapping(info.Env(), ab.Data());
+  if (m == nullptr || ab.ByteLength() < sizeof(kvm_run) || m->length < sizeof(kvm_run))
+    throw ArgError(info.Env(), std::string(fn) + ": the kvm_run mapping is unmapped, too small or not a mapping", kArgValue);
+  return m;
+}
+
+static kvm_run* RunArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  return static_cast<kvm_run*>(RunMappingArg(info, i, fn)->addr);
 }
 
 // createVcpu(vmFd, id) -> vCPU fd (the kernel installs it O_CLOEXEC).
@@ -87,7 +138,8 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-// runSyncBind(vcpuFd, runBuffer) -> run([timeoutMs]) -> undefined | -EINTR | -EFAULT | -EHWPOISON.
+// runSyncBind(vcpuFd, runBuffer) -> run([timeoutMs]) -> undefined | -EINTR | -ETIME | -EFAULT | -EHWPOISON.
+// -ETIME: the run ended because its own deadline kicked it.
 // The returned function carries the fd and the kvm_run address, so a call
 // converts no arguments: every exit crosses this boundary, and after each
 // KVM_RUN the host's branch predictors are cold (IBPB), which makes every
@@ -108,23 +160,47 @@ static void ReleaseBoundRun(napi_env env, BoundRun* b) {
   b->fd = -1;
 }
 
-static int RunWithTimer(int fd, kvm_run* run, int32_t timeoutMs, int* err) {
-  InstallKickHandler();
+// A one-shot timer that fired reads back as disarmed (it_value 0).
+static bool TimerExpired(timer_t timer) {
+  itimerspec cur{};
+  return timer_gettime(timer, &cur) == 0 && cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0;
+}
+
+static itimerspec Millis(int32_t ms) {
+  itimerspec its{};
+  its.it_value.tv_sec = ms / 1000;
+  its.it_value.tv_nsec = (ms % 1000) * 1000000L;
+  return its;
+}
+
+// A CLOCK_MONOTONIC timer that kicks the calling thread (SIG_KICK).
+static int CreateKickTimer(timer_t* timer, pid_t tid) {
   sigevent sev;
   std::memset(&sev, 0, sizeof sev);
   sev.sigev_notify = SIGEV_THREAD_ID;
   sev.sigev_signo = SigKick();
-  sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+  sev._sigev_un._tid = tid;
+  return timer_create(CLOCK_MONOTONIC, &sev, timer);
+}
+
+// KVM_RUN with `timer` (a kick timer of this thread) armed for `ms` > 0:
+// -ETIME when the timer is what ended it. The timer is left as it is.
+static int RunArmed(int fd, kvm_run* run, int* err, pid_t tid, timer_t timer, int32_t ms) {
+  itimerspec its = Millis(ms);
+  timer_settime(timer, 0, &its, nullptr);
+  int r = DoRun(fd, run, err, tid);
+  return r == -EINTR && TimerExpired(timer) ? -ETIME : r;
+}
+
+static int RunWithTimer(int fd, kvm_run* run, int32_t timeoutMs, int* err) {
+  InstallKickHandler();
+  pid_t tid = Gettid();
   timer_t timer{};
-  if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0) {
+  if (CreateKickTimer(&timer, tid) < 0) {
     *err = errno;
     return 2;
   }
-  itimerspec its{};
-  its.it_value.tv_sec = timeoutMs / 1000;
-  its.it_value.tv_nsec = (timeoutMs % 1000) * 1000000L;
-  timer_settime(timer, 0, &its, nullptr);
-  int r = DoRun(fd, run, err, true);
+  int r = RunArmed(fd, run, err, tid, timer, timeoutMs);
   timer_delete(timer);
   // A kick that landed after KVM_RUN returned must not cut the next run short.
   __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
@@ -138,16 +214,16 @@ static napi_value BoundRunSync(napi_env env, napi_callback_info cbinfo) {
   napi_get_cb_info(env, cbinfo, &argc, &arg, nullptr, &data);
   auto* b = static_cast<BoundRun*>(data);
   if (b->run == nullptr) {
-    napi_throw_error(env, nullptr, "runSync: the vCPU was closed");
+    napi_throw_error(env, "ERR_KVM_CLOSED", "runSync: the vCPU was closed");
     return nullptr;
   }
   int32_t timeoutMs = 0;
   if (argc >= 1 && !RawSmallInt(env, arg, &timeoutMs)) {
-    napi_throw_type_error(env, nullptr, "runSync: timeoutMs must be an integer 0..2^31-1");
+    napi_throw_type_error(env, kArgValue, "runSync: timeoutMs must be an integer 0..2^31-1");
     return nullptr;
   }
   int err = 0;
-  int r = timeoutMs > 0 ? RunWithTimer(b->fd, b->run, timeoutMs, &err) : DoRun(b->fd, b->run, &err, false);
+  int r = timeoutMs > 0 ? RunWithTimer(b->fd, b->run, timeoutMs, &err) : DoRun(b->fd, b->run, &err, -1);
   if (r == 2) return ThrowErrnoRaw(env, err, "timer_create");
   if (r == 1) return ThrowErrnoRaw(env, err, "ioctl(KVM_RUN)");
   // undefined for a plain exit: no number to create on the common path.
@@ -164,11 +240,14 @@ static Napi::Value RunSyncBind(const Napi::CallbackInfo& info) {
   napi_create_function(env, "runSync", NAPI_AUTO_LENGTH, BoundRunSync, b, &fn);
   napi_create_reference(env, info[1], 1, &b->buffer);
   // The function owns the record: freed when the function is collected.
-  napi_wrap(env, fn, b, [](napi_env e, void* p, void*) {
-    auto* rec = static_cast<BoundRun*>(p);
-    ReleaseBoundRun(e, rec);
-    delete rec;
-  }, nullptr, nullptr);
+  napi_wrap(
+      env, fn, b,
+      [](napi_env e, void* p, void*) {
+        auto* rec = static_cast<BoundRun*>(p);
+        ReleaseBoundRun(e, rec);
+        delete rec;
+      },
+      nullptr, nullptr);
   return Napi::Value(env, fn);
 }
 
@@ -176,42 +255,78 @@ static void RunSyncUnbind(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "runSyncUnbind");
   void* p = nullptr;
   if (!info[0].IsFunction() || napi_unwrap(info.Env(), info[0], &p) != napi_ok || p == nullptr)
-    throw Napi::TypeError::New(info.Env(), "runSyncUnbind: expected a function from runSyncBind");
+    throw ArgError(info.Env(), "runSyncUnbind: expected a function from runSyncBind");
   ReleaseBoundRun(info.Env(), static_cast<BoundRun*>(p));
 }
 
-// A thread that runs KVM_RUN for one vCPU on request.
+// A thread that runs KVM_RUN for one vCPU on request. A run's deadline is
+// a timer of this thread (CLOCK_MONOTONIC, kicking it with SIG_KICK), so it
+// holds even while the event loop is blocked, and never fires early.
 struct Runner {
   int fd;
   kvm_run* run;
-  Napi::ObjectReference runBuffer;  // keeps the kvm_run mapping alive
+  Mapping* mapping;                 // kvm_run's, pinned while the thread may write into it
+  AddonData* data;                  // null once environment teardown stopped this runner
+  Napi::ObjectReference runBuffer;  // keeps the kvm_run view alive
   Napi::ThreadSafeFunction done;
   std::thread thread;
   std::mutex mu;
   std::mutex kickMu;
   std::condition_variable cv;
-  bool pending = false;  // a run was requested
+  bool pending = false;    // a run was requested
+  int32_t timeoutMs = -1;  // its deadline: -1 none, 0 at once
+  pid_t tid = -1;          // the thread's id, for the kick handler's table
   bool stop = false;
+  bool unpinned = false;
   std::atomic<bool> inFlight{false};
   int refs = 2;           // the External and the thread-safe function
   bool tsfnGone = false;  // the thread-safe function was finalized
   bool released = false;  // Release() was called on it
   std::vector<Napi::Promise::Deferred> waiters;
 
+  // One run: 0, -EINTR (kicked), -ETIME (its deadline), -EFAULT/-EHWPOISON
+  // (memory fault), or 1 with *err (a failure).
+  int RunOnce(int32_t ms, timer_t* timer, bool* haveTimer, int* err) {
+    if (ms == 0) {
+      // A deadline already passed: KVM_RUN completes pending IO/MMIO and
+      // returns EINTR at once.
+      __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+      int r = DoRun(fd, run, err, tid);
+      return r == -EINTR ? -ETIME : r;
+    }
+    if (ms < 0) return DoRun(fd, run, err, tid);
+    if (!*haveTimer) {
+      if (CreateKickTimer(timer, tid) < 0) {
+        *err = errno;
+        return 1;
+      }
+      *haveTimer = true;
+    }
+    int r = RunArmed(fd, run, err, tid, *timer, ms);
+    itimerspec off{};  // disarmed until the next run with a deadline
+    timer_settime(*timer, 0, &off, nullptr);
+    return r;
+  }
+
   void Loop() {
+    tid = Gettid();
+    timer_t timer{};
+    bool haveTimer = false;
     for (;;) {
       bool stopping;
+      int32_t ms;
       {
         std::unique_lock<std::mutex> lk(mu);
         cv.wait(lk, [&] { return pending || stop; });
-        if (!pending) return;
+        if (!pending) break;
         pending = false;
         stopping = stop;
+        ms = timeoutMs;
       }
       // A run requested just before the runner was stopped still settles
       // its promise (as an interrupted run) instead of staying pending.
       int err = 0;
-      int r = stopping ? -EINTR : DoRun(fd, run, &err, true);
+      int r = stopping ? -EINTR : RunOnce(ms, &timer, &haveTimer, &err);
       {
         // Under kickMu, so a concurrent Kick() either lands in this run
         // (and is cleared here) or sees the run finished and does nothing:
@@ -224,6 +339,7 @@ struct Runner {
       napi_status st = done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
         int rr = res->first, ee = res->second;
         delete res;
+        if (waiters.empty()) return;
         Napi::Promise::Deferred d = waiters.front();
         waiters.erase(waiters.begin());
         done.Unref(env);
@@ -237,10 +353,13 @@ struct Runner {
       });
       // The function is closing (environment teardown): nobody waits anymore.
       if (st != napi_ok) delete result;
-      if (stopping) return;
+      if (stopping) break;
     }
+    if (haveTimer) timer_delete(timer);
   }
 
+  // Stops and joins the thread (kicking a running guest first), then lets
+  // go of kvm_run. Idempotent; on the JavaScript thread only.
   void Stop() {
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -249,6 +368,10 @@ struct Runner {
     cv.notify_one();
     Kick();
     if (thread.joinable()) thread.join();
+    if (!unpinned) {
+      unpinned = true;
+      UnpinMapping(mapping);
+    }
   }
 
   // Kicks an in-flight run (no-op otherwise).
@@ -260,13 +383,20 @@ struct Runner {
   }
 };
 
+void StopRunner(Runner* r) {
+  r->Stop();
+  r->data = nullptr;
+}
+
 // The Runner has two owners, both finalized on the main thread in either
 // order (at environment teardown Node finalizes thread-safe functions and
 // Externals in no fixed order): the External handed to JavaScript and the
 // thread-safe function. Each stops the thread (idempotent) and drops its
 // reference; the last one frees the Runner.
 static void Unref(Runner* r) {
-  if (--r->refs == 0) delete r;
+  if (--r->refs > 0) return;
+  if (r->data != nullptr) r->data->runners.erase(r);
+  delete r;
 }
 
 static void FinalizeRunner(Napi::Env, Runner* r) {
@@ -290,30 +420,55 @@ static Napi::Value RunnerCreate(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 2, fn);
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0, fn, "vcpuFd");
-  kvm_run* run = RunArg(info, 1, fn);
+  Mapping* m = RunMappingArg(info, 1, fn);
   InstallKickHandler();
   auto* r = new Runner();
   r->fd = fd;
-  r->run = run;
-  r->runBuffer = Napi::Persistent(info[1].As<Napi::Object>());
-  r->done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "kvm-gmem vcpu", 0, 1,
-                                          r, DeleteRunner, static_cast<void*>(nullptr));
+  r->run = static_cast<kvm_run*>(m->addr);
+  r->mapping = m;
+  r->data = &Data(env);
+  PinMapping(m);
+  // The thread first: it touches nothing but its condition variable until a
+  // run is requested. A process out of threads or address space
+  // (RLIMIT_NPROC, RLIMIT_AS) gets EAGAIN as a KvmError, not an abort.
+  try {
+    r->thread = std::thread([r] { r->Loop(); });
+  } catch (const std::system_error& e) {
+    UnpinMapping(m);
+    delete r;
+    int err = e.code().value();
+    ThrowErrno(env, err > 0 ? err : EAGAIN, "pthread_create");
+  }
+  try {
+    r->runBuffer = Napi::Persistent(info[1].As<Napi::Object>());
+    r->done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "kvm-gmem vcpu", 0, 1, r,
+                                            DeleteRunner, static_cast<void*>(nullptr));
+  } catch (...) {
+    r->Stop();
+    delete r;
+    throw;
+  }
   r->done.Unref(env);
-  r->thread = std::thread([r] { r->Loop(); });
+  r->data->runners.insert(r);
   return Napi::External<Runner>::New(env, r, FinalizeRunner);
 }
 
 static Runner* RunnerArg(const Napi::CallbackInfo& info, const char* fn) {
-  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected a runner handle");
+  if (info.Length() < 1 || !info[0].IsExternal()) throw ArgError(info.Env(), std::string(fn) + ": expected a runner handle");
   Runner* r = info[0].As<Napi::External<Runner>>().Data();
-  if (r->stop) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": the runner was destroyed");
+  if (r->stop) throw ArgError(info.Env(), std::string(fn) + ": the runner was destroyed", kArgValue);
   return r;
 }
 
-// runnerRun(handle) -> Promise<0 | -EINTR | -EFAULT | -EHWPOISON>
+// runnerRun(handle, timeoutMs) -> Promise<0 | -EINTR | -ETIME | -EFAULT | -EHWPOISON>
+// timeoutMs: -1 no deadline, 0 at once, else milliseconds.
 static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "runnerRun");
   Runner* r = RunnerArg(info, "runnerRun");
-  if (!r->waiters.empty()) throw Napi::Error::New(info.Env(), "runnerRun: this vCPU is already running");
+  double t = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -2;
+  if (!(t == -1 || (t >= 0 && t <= INT32_MAX && static_cast<int32_t>(t) == t)))
+    throw ArgError(info.Env(), "runnerRun: timeoutMs must be -1 or an integer 0..2^31-1", kArgValue);
+  if (!r->waiters.empty()) throw ArgError(info.Env(), "runnerRun: this vCPU is already running", "ERR_KVM_VCPU_BUSY");
   auto d = Napi::Promise::Deferred::New(info.Env());
   r->waiters.push_back(d);
   r->done.Ref(info.Env());  // keep the process alive while the guest runs
@@ -321,22 +476,23 @@ static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
   {
     std::lock_guard<std::mutex> lk(r->mu);
     r->pending = true;
+    r->timeoutMs = static_cast<int32_t>(t);
   }
   r->cv.notify_one();
   return d.Promise();
 }
 
 // runnerKick(handle): makes an in-flight run return EINTR (no-op when idle
-// or destroyed: a deadline timer may fire after the vCPU was closed).
+// or destroyed).
 static void RunnerKick(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "runnerKick: expected a runner handle");
+  if (info.Length() < 1 || !info[0].IsExternal()) throw ArgError(info.Env(), "runnerKick: expected a runner handle");
   Runner* r = info[0].As<Napi::External<Runner>>().Data();
   if (!r->stop) r->Kick();
 }
 
 // runnerDestroy(handle): stops the thread (kicking a running guest first).
 static void RunnerDestroy(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "runnerDestroy: expected a runner handle");
+  if (info.Length() < 1 || !info[0].IsExternal()) throw ArgError(info.Env(), "runnerDestroy: expected a runner handle");
   Runner* r = info[0].As<Napi::External<Runner>>().Data();
   if (!r->stop) r->Stop();
 }
@@ -345,18 +501,20 @@ static void RunnerDestroy(const Napi::CallbackInfo& info) {
 template <typename T>
 static T* StructArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected a Uint8Array");
+    throw ArgError(info.Env(), std::string(fn) + ": expected a Uint8Array");
   Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
   if (a.ByteLength() != sizeof(T))
-    throw Napi::TypeError::New(info.Env(), std::string(fn) + ": expected " + std::to_string(sizeof(T)) + " bytes, got " + std::to_string(a.ByteLength()));
+    throw ArgError(info.Env(),
+                   std::string(fn) + ": expected " + std::to_string(sizeof(T)) + " bytes, got " + std::to_string(a.ByteLength()),
+                   kArgValue);
   return reinterpret_cast<T*>(a.Data());
 }
 
-#define STRUCT_IOCTL(NAME, REQ, TYPE)                                 \
-  static void NAME(const Napi::CallbackInfo& info) {                  \
-    ExpectArgs(info, 2, #NAME);                                       \
-    int fd = FdArg(info, 0, #NAME, "vcpuFd");                         \
-    TYPE* s = StructArg<TYPE>(info, 1, #NAME);                        \
+#define STRUCT_IOCTL(NAME, REQ, TYPE)                                            \
+  static void NAME(const Napi::CallbackInfo& info) {                             \
+    ExpectArgs(info, 2, #NAME);                                                  \
+    int fd = FdArg(info, 0, #NAME, "vcpuFd");                                    \
+    TYPE* s = StructArg<TYPE>(info, 1, #NAME);                                   \
     if (ioctl(fd, REQ, s) < 0) ThrowErrno(info.Env(), errno, "ioctl(" #REQ ")"); \
   }
 
@@ -369,14 +527,15 @@ STRUCT_IOCTL(SetSregs, KVM_SET_SREGS, kvm_sregs)
 static void SetCpuid2(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 2, "setCpuid2");
   int fd = FdArg(info, 0, "setCpuid2", "vcpuFd");
-  if (!info[1].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "setCpuid2: expected a Uint8Array of kvm_cpuid_entry2");
+  if (!info[1].IsTypedArray()) throw ArgError(info.Env(), "setCpuid2: expected a Uint8Array of kvm_cpuid_entry2");
   Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
-  if (a.ByteLength() % sizeof(kvm_cpuid_entry2) != 0) throw Napi::TypeError::New(info.Env(), "setCpuid2: length is not a multiple of 40");
+  if (a.ByteLength() % sizeof(kvm_cpuid_entry2) != 0) throw ArgError(info.Env(), "setCpuid2: length is not a multiple of 40", kArgValue);
   size_t n = a.ByteLength() / sizeof(kvm_cpuid_entry2);
   std::vector<uint8_t> buf(sizeof(kvmgmem_cpuid2_header) + a.ByteLength());
   auto* c = reinterpret_cast<kvmgmem_cpuid2_header*>(buf.data());
   c->nent = static_cast<uint32_t>(n);
-  std::memcpy(buf.data() + sizeof *c, a.Data(), a.ByteLength());
+  // An empty array has no data pointer to copy from (memcpy(…, NULL, 0) is UB).
+  if (n > 0) std::memcpy(buf.data() + sizeof *c, a.Data(), a.ByteLength());
   if (ioctl(fd, KVMGMEM_SET_CPUID2, c) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_SET_CPUID2)");
 }
 
@@ -398,7 +557,27 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// exports.kvmRunLayout = { offsets: { 'io.port': 34, ... }, lengths: { mmioData: 8, ... }, size }:
+// struct kvm_run as this addon was compiled (the table in uapi.h), for the
+// test that holds lib/binding/kvm-run.ts to it. A value, not a function.
+static Napi::Object KvmRunLayout(Napi::Env env) {
+  Napi::Object offsets = Napi::Object::New(env);
+  Napi::Object lengths = Napi::Object::New(env);
+#define KVMGMEM_SET_OFFSET(name, compiled, kernel) offsets.Set(name, Napi::Number::New(env, static_cast<double>(compiled)));
+#define KVMGMEM_SET_LENGTH(name, compiled, kernel) lengths.Set(name, Napi::Number::New(env, static_cast<double>(compiled)));
+  KVMGMEM_KVM_RUN_OFFSETS(KVMGMEM_SET_OFFSET)
+  KVMGMEM_KVM_RUN_LENGTHS(KVMGMEM_SET_LENGTH)
+#undef KVMGMEM_SET_OFFSET
+#undef KVMGMEM_SET_LENGTH
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("offsets", offsets);
+  o.Set("lengths", lengths);
+  o.Set("size", Napi::Number::New(env, static_cast<double>(sizeof(struct kvm_run))));
+  return o;
+}
+
 void InitVcpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("kvmRunLayout", KvmRunLayout(env));
   exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
   exports.Set("runSyncBind", Napi::Function::New(env, RunSyncBind, "runSyncBind"));
   exports.Set("runSyncUnbind", Napi::Function::New(env, RunSyncUnbind, "runSyncUnbind"));
