@@ -2,6 +2,7 @@
 // rule this package checks before calling the kernel, so the user learns
 // which of the kernel's many EINVAL causes applies, with the values.
 import { getSystemErrorMap } from 'node:util';
+import { errno as E } from './binding/uapi.js';
 
 const errnoMap = getSystemErrorMap();
 
@@ -19,8 +20,22 @@ export function hex(v: number | bigint): string {
 
 function formatFields(fields: Record<string, unknown>): string {
   return Object.entries(fields)
-    .map(([k, v]) => `${k}=${typeof v === 'bigint' || (typeof v === 'number' && k !== 'slot' && k !== 'asId' && k !== 'guest_memfd') ? hex(v as number | bigint) : String(v)}`)
+    .map(
+      ([k, v]) =>
+        `${k}=${typeof v === 'bigint' || (typeof v === 'number' && k !== 'slot' && k !== 'asId' && k !== 'guest_memfd') ? hex(v as number | bigint) : String(v)}`,
+    )
     .join(' ');
+}
+
+/**
+ * The base of every error class this package throws, so `instanceof
+ * KvmGmemError` tells the package's errors from others. `code` is stable
+ * and never empty: an errno name ('EINVAL') for KvmError, 'ERR_KVM_*' for
+ * the rest. (Bad arguments are TypeError or RangeError, as in Node, with
+ * Node's codes: ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE.)
+ */
+export abstract class KvmGmemError extends Error {
+  abstract readonly code: string;
 }
 
 /**
@@ -29,7 +44,7 @@ function formatFields(fields: Record<string, unknown>): string {
  * `request` holds every field that was sent; `explanations` lists the kernel
  * rules that can produce this errno when the package's own checks passed.
  */
-export class KvmError extends Error {
+export class KvmError extends KvmGmemError {
   override name = 'KvmError';
   readonly code: string;
   readonly errno: number;
@@ -59,9 +74,7 @@ export class KvmError extends Error {
  * Runs one syscall and, if it fails with a KvmError, attaches the request
  * that was sent (and, chosen by errno, the kernel rules that can explain it).
  */
-export function withRequest<T>(
-  request: Record<string, unknown>, f: () => T, explain: (errno: number) => readonly string[] = () => [],
-): T {
+export function withRequest<T>(request: Record<string, unknown>, f: () => T, explain: (errno: number) => readonly string[] = () => []): T {
   try {
     return f();
   } catch (e) {
@@ -91,7 +104,7 @@ export function retryOnEintr<T>(f: () => T): T {
  * `details` the values involved, `kernelErrno` what the kernel would have
  * answered for the same request (so tests can compare verdicts).
  */
-export class KvmRuleError extends Error {
+export class KvmRuleError extends KvmGmemError {
   override name = 'KvmRuleError';
   readonly code = 'ERR_KVM_RULE';
   constructor(
@@ -125,12 +138,17 @@ export function fmtPages(r: GfnRange): string {
 /** The 1:1 rule, gfn side: a gfn belongs to at most one memslot per address space. */
 export class MemslotOverlapError extends KvmRuleError {
   override name = 'MemslotOverlapError';
-  constructor(readonly slot: SlotRef, readonly gfns: GfnRange, readonly existing: SlotRef, readonly existingGfns: GfnRange) {
+  constructor(
+    readonly slot: SlotRef,
+    readonly gfns: GfnRange,
+    readonly existing: SlotRef,
+    readonly existingGfns: GfnRange,
+  ) {
     super(
       'memslot-gfn-overlap',
       `memslot ${slot.slot} (address space ${slot.asId}) at ${fmtGfns(gfns)} overlaps memslot ${existing.slot} at ${fmtGfns(existingGfns)}`,
       { slot, gfns, existing, existingGfns },
-      17 /* EEXIST */,
+      E.EEXIST,
     );
   }
 }
@@ -139,8 +157,12 @@ export class MemslotOverlapError extends KvmRuleError {
 export class GuestMemfdBindingOverlapError extends KvmRuleError {
   override name = 'GuestMemfdBindingOverlapError';
   constructor(
-    readonly slot: SlotRef, readonly gfns: GfnRange, readonly filePages: GfnRange,
-    readonly existing: SlotRef, readonly existingGfns: GfnRange, readonly existingFilePages: GfnRange,
+    readonly slot: SlotRef,
+    readonly gfns: GfnRange,
+    readonly filePages: GfnRange,
+    readonly existing: SlotRef,
+    readonly existingGfns: GfnRange,
+    readonly existingFilePages: GfnRange,
     kernelErrno: number,
   ) {
     super(
@@ -154,44 +176,117 @@ export class GuestMemfdBindingOverlapError extends KvmRuleError {
 }
 
 /** A kernel feature this host or VM type does not offer. */
-export class MissingCapabilityError extends Error {
+export class MissingCapabilityError extends KvmGmemError {
   override name = 'MissingCapabilityError';
   readonly code = 'ERR_KVM_MISSING_CAPABILITY';
-  constructor(readonly capability: string, readonly since: string, readonly what: string) {
+  constructor(
+    readonly capability: string,
+    readonly since: string,
+    readonly what: string,
+  ) {
     super(`${what} needs ${capability} (Linux ${since}+), which this ${capability.startsWith('KVM_CAP') ? 'VM' : 'kernel'} does not offer`);
   }
 }
 
 /** An operation on an object after close(). */
-export class ClosedError extends Error {
+export class ClosedError extends KvmGmemError {
   override name = 'ClosedError';
   readonly code = 'ERR_KVM_CLOSED';
-  constructor(readonly object: string, readonly operation: string) {
+  constructor(
+    readonly object: string,
+    readonly operation: string,
+  ) {
     super(`${object} is closed: cannot ${operation}`);
   }
+}
+
+/**
+ * A vCPU call while run() is in flight on the vCPU's own thread. KVM holds
+ * vcpu->mutex for the whole KVM_RUN, so any other vCPU ioctl would block
+ * the calling thread until the guest exits (a deadlock when the deadline or
+ * kick() needs that thread). kick() first, and call again after run() settled.
+ */
+export class VcpuBusyError extends KvmGmemError {
+  override name = 'VcpuBusyError';
+  readonly code = 'ERR_KVM_VCPU_BUSY';
+  constructor(
+    readonly vcpu: number,
+    readonly operation: string,
+  ) {
+    super(`vCPU ${vcpu} is running (run() in flight): cannot ${operation}; kick() it and wait for run() to settle`);
+  }
+}
+
+/**
+ * Mapping.unmap() of memory that memslots still use as their userspace
+ * backing: the kernel would keep that address, and the next mapping placed
+ * there (any memory of this process) would become guest memory.
+ */
+export class MappingInUseError extends KvmGmemError {
+  override name = 'MappingInUseError';
+  readonly code = 'ERR_KVM_MAPPING_IN_USE';
+  constructor(
+    readonly address: bigint,
+    readonly memslots: readonly string[],
+  ) {
+    super(
+      `the mapping at ${hex(address)} backs ${memslots.join(', ')}: delete ${memslots.length === 1 ? 'that memslot' : 'those memslots'} before unmapping it`,
+    );
+  }
+}
+
+/** The KVM device answers KVM_GET_API_VERSION with a version other than 12 (Kvm.open()). */
+export class KvmApiVersionError extends KvmGmemError {
+  override name = 'KvmApiVersionError';
+  readonly code = 'ERR_KVM_API_VERSION';
+  constructor(
+    readonly path: string,
+    readonly apiVersion: number,
+    readonly expected: number,
+  ) {
+    super(`${path}: KVM_GET_API_VERSION is ${apiVersion}, expected ${expected}`);
+  }
+}
+
+/** The package cannot load its native addon (no package root above the module, for one). */
+export class AddonLoadError extends KvmGmemError {
+  override name = 'AddonLoadError';
+  readonly code = 'ERR_KVM_ADDON_LOAD';
 }
 
 /** An address, size or offset that must be a multiple of the page size. */
 export class AlignmentError extends KvmRuleError {
   override name = 'AlignmentError';
-  constructor(readonly field: string, readonly value: bigint, context: string) {
-    super('page-alignment', `${context}: ${field} ${hex(value)} is not a multiple of the page size (0x1000)`, { field, value }, 22);
+  constructor(
+    readonly field: string,
+    readonly value: bigint,
+    context: string,
+  ) {
+    super('page-alignment', `${context}: ${field} ${hex(value)} is not a multiple of the page size (0x1000)`, { field, value }, E.EINVAL);
   }
 }
 
 /** start + size passes 2^64 (or the limit named). */
 export class RangeWrapError extends KvmRuleError {
   override name = 'RangeWrapError';
-  constructor(readonly field: string, readonly start: bigint, readonly size: bigint, context: string) {
-    super('range-wraps', `${context}: ${field} ${hex(start)} + size ${hex(size)} wraps past 2^64`, { field, start, size }, 22);
+  constructor(
+    readonly field: string,
+    readonly start: bigint,
+    readonly size: bigint,
+    context: string,
+  ) {
+    super('range-wraps', `${context}: ${field} ${hex(start)} + size ${hex(size)} wraps past 2^64`, { field, start, size }, E.EINVAL);
   }
 }
 
 /** Memslot flags the kernel refuses for this VM, or in this combination. */
 export class MemslotFlagsError extends KvmRuleError {
   override name = 'MemslotFlagsError';
-  constructor(readonly flags: number, reason: string) {
-    super('memslot-flags', `memslot flags ${hex(flags)}: ${reason}`, { flags }, 22);
+  constructor(
+    readonly flags: number,
+    reason: string,
+  ) {
+    super('memslot-flags', `memslot flags ${hex(flags)}: ${reason}`, { flags }, E.EINVAL);
   }
 }
 
@@ -199,7 +294,7 @@ export class MemslotFlagsError extends KvmRuleError {
 export class MemslotIdError extends KvmRuleError {
   override name = 'MemslotIdError';
   constructor(rule: 'slot-id-out-of-range' | 'address-space-out-of-range', message: string, details: Record<string, unknown>) {
-    super(rule, message, details, 22);
+    super(rule, message, details, E.EINVAL);
   }
 }
 
@@ -207,10 +302,12 @@ export class MemslotIdError extends KvmRuleError {
 export class MemslotChangeError extends KvmRuleError {
   override name = 'MemslotChangeError';
   constructor(
-    rule: 'guest-memfd-memslot-immutable' | 'memslot-modify' | 'memslot-not-found' | 'memslot-in-use' | 'memslot-table-full',
-    message: string, details: Record<string, unknown>,
+    rule: 'guest-memfd-memslot-immutable' | 'memslot-modify' | 'memslot-not-found' | 'memslot-in-use' | 'memslot-table-full' | 'memslot-size-zero',
+    message: string,
+    details: Record<string, unknown>,
+    kernelErrno: number = E.EINVAL,
   ) {
-    super(rule, message, details, 22);
+    super(rule, message, details, kernelErrno);
   }
 }
 
@@ -218,7 +315,7 @@ export class MemslotChangeError extends KvmRuleError {
 export class UserAddressError extends KvmRuleError {
   override name = 'UserAddressError';
   constructor(rule: 'userspace-address-range' | 'memslot-too-large', message: string, details: Record<string, unknown>) {
-    super(rule, message, details, 22);
+    super(rule, message, details, E.EINVAL);
   }
 }
 
@@ -226,9 +323,19 @@ export class UserAddressError extends KvmRuleError {
 export class GuestMemfdRuleError extends KvmRuleError {
   override name = 'GuestMemfdRuleError';
   constructor(
-    rule: 'guest-memfd-bad-fd' | 'not-a-guest-memfd' | 'guest-memfd-of-another-vm' | 'guest-memfd-range' |
-      'guest-memfd-flags' | 'guest-memfd-size' | 'guest-memfd-not-mappable' | 'guest-memfd-memslots-unsupported',
-    message: string, details: Record<string, unknown>, kernelErrno = 22,
+    rule:
+      | 'guest-memfd-bad-fd'
+      | 'not-a-guest-memfd'
+      | 'guest-memfd-of-another-vm'
+      | 'guest-memfd-range'
+      | 'guest-memfd-flags'
+      | 'guest-memfd-size'
+      | 'guest-memfd-not-mappable'
+      | 'guest-memfd-memslots-unsupported'
+      | 'fallocate-mode',
+    message: string,
+    details: Record<string, unknown>,
+    kernelErrno: number = E.EINVAL,
   ) {
     super(rule, message, details, kernelErrno);
   }
@@ -238,6 +345,6 @@ export class GuestMemfdRuleError extends KvmRuleError {
 export class AttributeRuleError extends KvmRuleError {
   override name = 'AttributeRuleError';
   constructor(rule: 'memory-attributes-unsupported' | 'attribute-range-empty' | 'attribute-flags', message: string, details: Record<string, unknown>) {
-    super(rule, message, details, 22);
+    super(rule, message, details, E.EINVAL);
   }
 }

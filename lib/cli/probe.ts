@@ -2,22 +2,50 @@
 // /dev/kvm, then creates one VM of each type the kernel lists
 // (KVM_CAP_VM_TYPES) and asks its fd, because the per-VM answers are the
 // ones that hold (MEMORY_ATTRIBUTES is 0 on a default VM, for instance).
+// Then runs the known-defect probes (lib/kvm/defects.ts) and, with
+// --require, judges what the caller needs against those answers.
 import { readdirSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { parseArgs } from 'node:util';
-import { type Capabilities } from '../capabilities.js';
+import { type Capabilities } from '../kvm/capabilities.js';
 import { KvmError } from '../errors.js';
-import { Kvm } from '../kvm.js';
-import { Cap, type CapName, CapSince, GuestMemfdFlag, MemoryAttribute, type VmTypeName, VmType } from '../uapi.js';
+import { Kvm } from '../kvm/kvm.js';
+import { type DefectReport, knownDefects } from '../kvm/defects.js';
+import {
+  Cap,
+  type CapName,
+  CapSince,
+  GuestMemfdFlag,
+  type GuestMemfdFlagName,
+  guestMemfdFlagBits,
+  guestMemfdFlagSince,
+  MemoryAttribute,
+  type VmTypeName,
+  VmType,
+  vmTypeNames,
+} from '../binding/uapi.js';
 import { alignColumns, type CliIo } from './output.js';
 
-export const PROBE_USAGE = `usage: kvm-gmem probe [--json] [--device PATH]
-  Prints what this host's KVM offers: the host, the system capabilities, and
-  the capabilities of one VM of each type the kernel offers.
+export const PROBE_USAGE = `usage: kvm-gmem probe [--json | --quiet] [--device PATH] [--require REQ[,REQ...]]...
+  Prints what this host's KVM offers: the host, the system capabilities, the
+  capabilities of one VM of each type the kernel offers, and the known kernel
+  defects found on a scratch VM.
   --json          the same report as JSON
+  --quiet         no report: only the unmet requirements, on stderr
   --device PATH   the KVM device to open (default /dev/kvm)
-Exit status: 0 when the device works, 2 when it cannot be opened (the cause
-and what to do are printed on one line).`;
+  --require REQ   fail (exit 3) unless the kernel offers REQ; repeatable, or comma-separated:
+                    CAP                  a capability (GUEST_MEMFD or KVM_CAP_GUEST_MEMFD, any case):
+                                         met when /dev/kvm or any VM type answers non-zero
+                    vm-type:TYPE         the kernel offers VM type TYPE (KVM_CAP_VM_TYPES)
+                    gmem-flag:FLAG       guest_memfd create flag mmap or init-shared (KVM_CAP_GUEST_MEMFD_FLAGS)
+                    attr:private         memory attribute PRIVATE (KVM_CAP_MEMORY_ATTRIBUTES)
+                    TYPE:CAP, TYPE:gmem-flag:FLAG, TYPE:attr:private
+                                         the same, answered by a VM of type TYPE only
+Exit status: 0 when the device works and every requirement is met; 2 on a
+usage error (an unknown requirement lists the valid names) or when the
+device cannot be opened (the cause and what to do are printed on one line);
+3 when a requirement is not met (one line each on stderr: the requirement,
+what the kernel answered, the release that added it).`;
 
 export interface CapabilityRow {
   /** 'KVM_CAP_USER_MEMORY2' */
@@ -64,10 +92,153 @@ export interface VmReport {
   error?: string;
 }
 
+/** One --require, judged. */
+export interface RequirementResult {
+  /** The requirement as written on the command line. */
+  given: string;
+  /** Its canonical spelling: 'GUEST_MEMFD', 'vm-type:sw-protected', 'sw-protected:gmem-flag:mmap'. */
+  requirement: string;
+  met: boolean;
+  /** What the kernel answered, e.g. "KVM_CAP_MEMORY_ATTRIBUTES: /dev/kvm 0x0, 'default' VM 0x0". */
+  answered: string;
+  /** The kernel release that introduced what is required. */
+  since: string;
+}
+
 export interface ProbeReport {
   host: HostInfo;
   system: { capabilities: CapabilityRow[]; decoded: Capabilities };
   vms: VmReport[];
+  /** The known-defect probes (knownDefects() of lib/kvm/defects.ts). */
+  defects: readonly DefectReport[];
+  /** The --require requirements, in the order given; empty without --require. */
+  requirements: RequirementResult[];
+}
+
+// --require: KIND:NAME with an optional VM-type scope in front.
+export type Requirement = { scope: VmTypeName | null } & (
+  { kind: 'cap'; cap: CapName } | { kind: 'vm-type'; type: VmTypeName } | { kind: 'gmem-flag'; flag: GuestMemfdFlagName } | { kind: 'attr'; attr: 'private' }
+);
+
+/** An unknown or malformed --require: a usage error (exit 2). */
+export class RequirementSyntaxError extends Error {
+  override name = 'RequirementSyntaxError';
+}
+
+const capNames = Object.keys(Cap) as CapName[];
+const flagNames = Object.keys(guestMemfdFlagBits) as GuestMemfdFlagName[];
+
+/** Every requirement the grammar accepts, for the usage error. */
+export function validRequirementNames(): string {
+  return [
+    `capabilities (KVM_CAP_ prefix optional, any case): ${capNames.join(', ')}`,
+    `VM types: ${vmTypeNames.map((t) => `vm-type:${t}`).join(', ')}`,
+    `guest_memfd create flags: ${flagNames.map((f) => `gmem-flag:${f}`).join(', ')}`,
+    'memory attributes: attr:private',
+    `scoped to one VM type: TYPE:CAP, TYPE:gmem-flag:FLAG, TYPE:attr:private (TYPE: ${vmTypeNames.join(', ')})`,
+  ].join('\n  ');
+}
+
+function isVmType(s: string): s is VmTypeName {
+  return Object.hasOwn(VmType, s);
+}
+
+/** Parses one requirement; throws RequirementSyntaxError. */
+export function parseRequirement(text: string): Requirement {
+  const parts = text.trim().split(':');
+  const bad = (why: string): RequirementSyntaxError =>
+    new RequirementSyntaxError(`unknown requirement '${text}' (${why}); valid requirements:\n  ${validRequirementNames()}`);
+  let scope: VmTypeName | null = null;
+  const first = (parts[0] ?? '').toLowerCase();
+  if (parts.length > 1 && isVmType(first)) {
+    scope = first;
+    parts.shift();
+  }
+  if (parts.length === 1) {
+    const name = (parts[0] ?? '').toUpperCase().replace(/^KVM_CAP_/, '');
+    if (!Object.hasOwn(Cap, name)) throw bad(name === '' ? 'empty' : 'no such capability');
+    return { scope, kind: 'cap', cap: name as CapName };
+  }
+  if (parts.length !== 2) throw bad('too many parts');
+  const kind = (parts[0] ?? '').toLowerCase();
+  const value = (parts[1] ?? '').toLowerCase();
+  switch (kind) {
+    case 'vm-type':
+      if (scope !== null) throw bad('a VM type cannot be scoped to a VM type');
+      if (!isVmType(value)) throw bad('no such VM type');
+      return { scope, kind: 'vm-type', type: value };
+    case 'gmem-flag':
+      if (!Object.hasOwn(guestMemfdFlagBits, value)) throw bad('no such guest_memfd create flag');
+      return { scope, kind: 'gmem-flag', flag: value as GuestMemfdFlagName };
+    case 'attr':
+      if (value !== 'private') throw bad('no such memory attribute');
+      return { scope, kind: 'attr', attr: 'private' };
+    default:
+      throw bad(`no such kind '${parts[0] ?? ''}'`);
+  }
+}
+
+/** Parses the --require values (each comma-separated); throws RequirementSyntaxError. */
+export function parseRequirements(values: readonly string[]): { given: string; req: Requirement }[] {
+  return values.flatMap((v) => v.split(',')).map((given) => ({ given: given.trim(), req: parseRequirement(given) }));
+}
+
+export function requirementName(r: Requirement): string {
+  const scope = r.scope === null ? '' : `${r.scope}:`;
+  switch (r.kind) {
+    case 'cap':
+      return `${scope}${r.cap}`;
+    case 'vm-type':
+      return `vm-type:${r.type}`;
+    case 'gmem-flag':
+      return `${scope}gmem-flag:${r.flag}`;
+    case 'attr':
+      return `${scope}attr:${r.attr}`;
+  }
+}
+
+/** Judges one requirement against the report's answers. */
+export function judgeRequirement(report: Pick<ProbeReport, 'host' | 'system' | 'vms'>, given: string, r: Requirement): RequirementResult {
+  const requirement = requirementName(r);
+  const device = report.host.device;
+  if (r.kind === 'vm-type') {
+    const bits = report.system.capabilities.find((c) => c.cap === Cap.VM_TYPES)?.value ?? 0;
+    const offered = report.system.decoded.vmTypes;
+    return {
+      given,
+      requirement,
+      met: offered.includes(r.type),
+      answered: `KVM_CAP_VM_TYPES: ${device} 0x${bits.toString(16)}, types ${offered.join(', ')}`,
+      since: CapSince.VM_TYPES,
+    };
+  }
+  const cap: CapName = r.kind === 'cap' ? r.cap : r.kind === 'gmem-flag' ? 'GUEST_MEMFD_FLAGS' : 'MEMORY_ATTRIBUTES';
+  const bit = r.kind === 'gmem-flag' ? guestMemfdFlagBits[r.flag] : r.kind === 'attr' ? MemoryAttribute.PRIVATE : null;
+  const since = r.kind === 'gmem-flag' ? guestMemfdFlagSince[r.flag] : CapSince[cap];
+  const hexCap = decoders[cap].hex === true;
+  const fmt = (v: number): string => (hexCap ? `0x${v.toString(16)}` : String(v));
+  const valueOf = (rows: CapabilityRow[] | undefined): number | undefined => rows?.find((c) => c.cap === Cap[cap])?.value;
+  const holds = (v: number | undefined): boolean => v !== undefined && (bit === null ? v !== 0 : (v & bit) !== 0);
+  const answers: string[] = [];
+  let met = false;
+  if (r.scope === null) {
+    const sys = valueOf(report.system.capabilities);
+    answers.push(`${device} ${sys === undefined ? '?' : fmt(sys)}`);
+    met ||= holds(sys);
+  }
+  const vms = r.scope === null ? report.vms : report.vms.filter((v) => v.type === r.scope);
+  for (const vm of vms) {
+    const v = valueOf(vm.capabilities);
+    answers.push(v === undefined ? `'${vm.type}' VM: KVM_CREATE_VM failed (${vm.error ?? 'unknown error'})` : `'${vm.type}' VM ${fmt(v)}`);
+    met ||= holds(v);
+  }
+  if (r.scope !== null && vms.length === 0) answers.push(`no '${r.scope}' VM: the kernel offers ${report.system.decoded.vmTypes.join(', ')}`);
+  return { given, requirement, met, answered: `KVM_CAP_${cap}: ${answers.join(', ')}`, since };
+}
+
+/** The one line printed for an unmet requirement. */
+export function describeUnmet(r: RequirementResult): string {
+  return `kvm-gmem probe: requirement ${r.requirement} not met: ${r.answered} (added in Linux ${r.since})`;
 }
 
 const hypercallNames: Record<number, string> = { 12: 'KVM_HC_MAP_GPA_RANGE' };
@@ -97,7 +268,10 @@ const decoders: Record<CapName, { hex?: boolean; meaning: (v: number) => string 
   PRE_FAULT_MEMORY: { meaning: (v) => (v ? 'KVM_PRE_FAULT_MEMORY' : 'no KVM_PRE_FAULT_MEMORY') },
   GUEST_MEMFD_FLAGS: {
     hex: true,
-    meaning: (v) => (v ? `create flags: ${bitNames(v, (b) => (1 << b === GuestMemfdFlag.MMAP ? 'mmap' : 1 << b === GuestMemfdFlag.INIT_SHARED ? 'init-shared' : `bit ${b}`))}` : 'no create flags'),
+    meaning: (v) =>
+      v
+        ? `create flags: ${bitNames(v, (b) => (1 << b === GuestMemfdFlag.MMAP ? 'mmap' : 1 << b === GuestMemfdFlag.INIT_SHARED ? 'init-shared' : `bit ${b}`))}`
+        : 'no create flags',
   },
 };
 
@@ -120,7 +294,10 @@ function usesOf(c: Capabilities): VmUses {
 function kvmModules(): { names: string[]; source: string | null } {
   const isKvm = (n: string): boolean => n === 'kvm' || n.startsWith('kvm_');
   try {
-    const names = readFileSync('/proc/modules', 'utf8').split('\n').map((l) => l.split(' ')[0] ?? '').filter(isKvm);
+    const names = readFileSync('/proc/modules', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[0] ?? '')
+      .filter(isKvm);
     return { names: names.sort(), source: '/proc/modules' };
   } catch {
     // No /proc/modules (a kernel without module support): /sys/module also
@@ -143,7 +320,7 @@ function cpuVirtualizationFlags(): string[] {
 }
 
 /** Builds the report. Throws what Kvm.open throws when the device cannot be used. */
-export function probe(device = '/dev/kvm'): ProbeReport {
+export function probe(device = '/dev/kvm', requirements: readonly { given: string; req: Requirement }[] = []): ProbeReport {
   using kvm = Kvm.open(device);
   const mods = kvmModules();
   const host: HostInfo = {
@@ -164,7 +341,9 @@ export function probe(device = '/dev/kvm'): ProbeReport {
       return { type, error: e instanceof Error ? e.message.split('\n')[0] : String(e) };
     }
   });
-  return { host, system, vms };
+  const defects = knownDefects(kvm);
+  const judged = requirements.map(({ given, req }) => judgeRequirement({ host, system, vms }, given, req));
+  return { host, system, vms, defects, requirements: judged };
 }
 
 /**
@@ -181,8 +360,10 @@ export function describeOpenFailure(error: unknown, device: string): string {
       case 'ENOENT':
       case 'ENXIO':
       case 'ENODEV':
-        return `${cause} (${error.code === 'ENOENT' ? 'no such file or directory' : 'no such device'}): no KVM on this host: ` +
-          'load kvm_intel or kvm_amd (modprobe), enable virtualization (VT-x/AMD-V) in the firmware, or on a VM or CI runner enable nested virtualization';
+        return (
+          `${cause} (${error.code === 'ENOENT' ? 'no such file or directory' : 'no such device'}): no KVM on this host: ` +
+          'load kvm_intel or kvm_amd (modprobe), enable virtualization (VT-x/AMD-V) in the firmware, or on a VM or CI runner enable nested virtualization'
+        );
       default:
         return error.message.split('\n')[0] ?? cause;
     }
@@ -207,13 +388,15 @@ function yesNo(ok: boolean, yes: string, no: string): string {
 export function formatReport(r: ProbeReport): string {
   const h = r.host;
   const lines: string[] = ['Host'];
-  lines.push(...alignColumns([
-    ['kernel', `Linux ${h.kernelRelease}`],
-    ['device', `${h.device} (KVM_GET_API_VERSION ${h.apiVersion})`],
-    ['kvm modules', h.kvmModules.length ? `${h.kvmModules.join(', ')} (from ${h.kvmModulesSource})` : 'none visible'],
-    ['cpu flags', h.cpuVirtualizationFlags.length ? h.cpuVirtualizationFlags.join(', ') : 'no vmx/svm (a paravirtualized KVM, or virtualization hidden)'],
-    ['vm types', r.system.decoded.vmTypes.join(', ')],
-  ]).map((l) => `  ${l}`));
+  lines.push(
+    ...alignColumns([
+      ['kernel', `Linux ${h.kernelRelease}`],
+      ['device', `${h.device} (KVM_GET_API_VERSION ${h.apiVersion})`],
+      ['kvm modules', h.kvmModules.length ? `${h.kvmModules.join(', ')} (from ${h.kvmModulesSource})` : 'none visible'],
+      ['cpu flags', h.cpuVirtualizationFlags.length ? h.cpuVirtualizationFlags.join(', ') : 'no vmx/svm (a paravirtualized KVM, or virtualization hidden)'],
+      ['vm types', r.system.decoded.vmTypes.join(', ')],
+    ]).map((l) => `  ${l}`),
+  );
   lines.push('', `System capabilities (KVM_CHECK_EXTENSION on ${h.device})`, ...table(r.system.capabilities).map((l) => `  ${l}`));
   for (const vm of r.vms) {
     lines.push('', `VM type '${vm.type}' (KVM_CHECK_EXTENSION on the VM fd)`);
@@ -223,22 +406,62 @@ export function formatReport(r: ProbeReport): string {
     }
     lines.push(...table(vm.capabilities).map((l) => `  ${l}`), '');
     const flags = vm.decoded?.guestMemfdFlags.join(', ') ?? '';
-    lines.push(...alignColumns([
-      ['guest_memfd memslots', yesNo(vm.uses.guestMemfdMemslots, '', 'needs KVM_CAP_GUEST_MEMFD on the VM fd')],
-      ['private memory', yesNo(vm.uses.privateMemory, 'setMemoryAttributes, convert', "needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE (a 'sw-protected' VM on a kernel built with CONFIG_KVM_SW_PROTECTED_VM)")],
-      ['mappable guest_memfd', yesNo(vm.uses.mappableGuestMemfd, flags, `needs KVM_CAP_GUEST_MEMFD_FLAGS with mmap and init-shared (Linux ${CapSince.GUEST_MEMFD_FLAGS}+)`)],
-    ]).map((l) => `  ${l}`));
+    lines.push(
+      ...alignColumns([
+        ['guest_memfd memslots', yesNo(vm.uses.guestMemfdMemslots, '', 'needs KVM_CAP_GUEST_MEMFD on the VM fd')],
+        [
+          'private memory',
+          yesNo(
+            vm.uses.privateMemory,
+            'setMemoryAttributes, convert',
+            "needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE (a 'sw-protected' VM on a kernel built with CONFIG_KVM_SW_PROTECTED_VM)",
+          ),
+        ],
+        [
+          'mappable guest_memfd',
+          yesNo(vm.uses.mappableGuestMemfd, flags, `needs KVM_CAP_GUEST_MEMFD_FLAGS with mmap and init-shared (Linux ${CapSince.GUEST_MEMFD_FLAGS}+)`),
+        ],
+      ]).map((l) => `  ${l}`),
+    );
+  }
+  lines.push('', 'Known kernel defects (raw ioctls on a scratch VM, closed afterwards)');
+  for (const d of r.defects) {
+    const found = d.present === true ? 'PRESENT' : d.present === false ? 'absent' : d.present;
+    lines.push(
+      `  ${d.id}: ${found}${d.vmType ? ` (probed on a '${d.vmType}' VM)` : ''}`,
+      ...alignColumns([
+        ['defect', d.summary],
+        ['probe', d.detail],
+        ['affected', d.affected],
+        ['not affected', d.notAffected],
+      ]).map((l) => `    ${l}`),
+    );
+  }
+  if (r.requirements.length > 0) {
+    lines.push('', 'Requirements (--require)');
+    lines.push(
+      ...alignColumns([
+        ['requirement', 'met', 'kernel answered', 'added in'],
+        ...r.requirements.map((q) => [q.requirement, q.met ? 'yes' : 'NO', q.answered, `Linux ${q.since}`]),
+      ]).map((l) => `  ${l}`),
+    );
   }
   return lines.join('\n') + '\n';
 }
 
 /** Runs `kvm-gmem probe ARGS`; returns the exit status. */
 export function runProbe(args: string[], io: CliIo): number {
-  let values: { json?: boolean; device?: string; help?: boolean };
+  let values: { json?: boolean; quiet?: boolean; device?: string; require?: string[]; help?: boolean };
   try {
     ({ values } = parseArgs({
       args,
-      options: { json: { type: 'boolean' }, device: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        json: { type: 'boolean' },
+        quiet: { type: 'boolean', short: 'q' },
+        device: { type: 'string' },
+        require: { type: 'string', multiple: true },
+        help: { type: 'boolean', short: 'h' },
+      },
       strict: true,
       allowPositionals: false,
     }));
@@ -250,14 +473,28 @@ export function runProbe(args: string[], io: CliIo): number {
     io.out(`${PROBE_USAGE}\n`);
     return 2;
   }
+  if (values.json && values.quiet) {
+    io.err(`kvm-gmem probe: --json and --quiet exclude each other\n${PROBE_USAGE}\n`);
+    return 2;
+  }
+  let requirements: { given: string; req: Requirement }[];
+  try {
+    requirements = parseRequirements(values.require ?? []);
+  } catch (e) {
+    if (!(e instanceof RequirementSyntaxError)) throw e;
+    io.err(`kvm-gmem probe: ${e.message}\n`);
+    return 2;
+  }
   const device = values.device ?? '/dev/kvm';
   let report: ProbeReport;
   try {
-    report = probe(device);
+    report = probe(device, requirements);
   } catch (e) {
     io.err(`kvm-gmem probe: ${describeOpenFailure(e, device)}\n`);
     return 2;
   }
-  io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
-  return 0;
+  if (!values.quiet) io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+  const unmet = report.requirements.filter((q) => !q.met);
+  for (const q of unmet) io.err(`${describeUnmet(q)}\n`);
+  return unmet.length > 0 ? 3 : 0;
 }

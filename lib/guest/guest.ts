@@ -3,14 +3,15 @@
 // tables, GDT, TSS, stack and CPUID) and a vCPU; runUntilDone() runs the
 // ucall loop and turns the guest's asserts, unexpected exits and deadlines
 // into errors that say where the guest was.
-import type { ConversionRecord } from '../conversion.js';
-import { MissingCapabilityError } from '../errors.js';
-import type { GuestMemfd } from '../guest-memfd.js';
-import type { Memslot } from '../memslot.js';
-import type { Vcpu } from '../vcpu.js';
-import type { HypercallExit, MemoryFaultExit, VcpuExit } from '../vcpu-exit.js';
-import type { Vm } from '../vm.js';
-import { Assembler, type AssembleResult } from './asm.js';
+import type { ConversionRecord } from '../kvm/conversion.js';
+import { rangeError, readTimeoutMs, toU64, type U64Input } from '../args.js';
+import { KvmGmemError, MissingCapabilityError } from '../errors.js';
+import type { GuestMemfd } from '../kvm/guest-memfd.js';
+import type { Memslot } from '../kvm/memslot.js';
+import type { Vcpu } from '../kvm/vcpu.js';
+import type { HypercallExit, MemoryFaultExit, VcpuExit } from '../kvm/vcpu-exit.js';
+import type { Vm } from '../kvm/vm.js';
+import { Assembler, type AssembleResult } from '../x86/asm.js';
 import { Layout, Selector } from './layout.js';
 import { GuestIo, Ucall, UCALL_PORT } from './ucall.js';
 
@@ -40,7 +41,11 @@ export const KVM_HC_MAP_GPA_RANGE = 12n;
 export const KVM_MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
 
 export interface RunUntilDoneOptions {
-  /** Deadline for the whole run (default 10 s). */
+  /**
+   * Deadline for the whole run in milliseconds, as Vcpu.run() reads it (an
+   * integer 1..2^31-1; 0: no deadline; anything else a TypeError), except
+   * that absent means the default, 10 s.
+   */
   timeoutMs?: number;
   /** Runs at each guest sync(n), before the guest continues. */
   onSync?: (n: number, guest: Guest) => void | Promise<void>;
@@ -70,28 +75,40 @@ export interface RunResult {
 }
 
 /** The guest reported a failed assert. */
-export class GuestAssertError extends Error {
+export class GuestAssertError extends KvmGmemError {
   override name = 'GuestAssertError';
   readonly code = 'ERR_KVM_GUEST_ASSERT';
-  constructor(readonly assertCode: number, readonly rip: bigint, readonly syncs: number[]) {
+  constructor(
+    readonly assertCode: number,
+    readonly rip: bigint,
+    readonly syncs: number[],
+  ) {
     super(`guest assert ${assertCode} failed at rip 0x${rip.toString(16)} (after syncs [${syncs.join(', ')}])`);
   }
 }
 
 /** The guest exited in a way the run loop does not handle. */
-export class UnexpectedExitError extends Error {
+export class UnexpectedExitError extends KvmGmemError {
   override name = 'UnexpectedExitError';
   readonly code = 'ERR_KVM_UNEXPECTED_EXIT';
-  constructor(readonly exit: VcpuExit, readonly rip: bigint) {
-    super(`unexpected ${exit.kind} exit at rip 0x${rip.toString(16)}: ${JSON.stringify(exit, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v))}`);
+  constructor(
+    readonly exit: VcpuExit,
+    readonly rip: bigint,
+  ) {
+    super(
+      `unexpected ${exit.kind} exit at rip 0x${rip.toString(16)}: ${JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v))}`,
+    );
   }
 }
 
 /** The run's deadline passed. */
-export class GuestTimeoutError extends Error {
+export class GuestTimeoutError extends KvmGmemError {
   override name = 'GuestTimeoutError';
   readonly code = 'ERR_KVM_GUEST_TIMEOUT';
-  constructor(readonly timeoutMs: number, readonly rip: bigint) {
+  constructor(
+    readonly timeoutMs: number,
+    readonly rip: bigint,
+  ) {
     super(`guest did not finish within ${timeoutMs} ms (kicked out at rip 0x${rip.toString(16)})`);
   }
 }
@@ -184,13 +201,14 @@ export class Guest implements Disposable {
   /** Guest address of a label of the program. */
   label(name: string): number {
     const v = this.program.labels.get(name);
-    if (v === undefined) throw new RangeError(`no label '${name}' in the guest program`);
+    if (v === undefined) throw rangeError(`no label '${name}' in the guest program`);
     return Number(v);
   }
 
   /** A view of guest memory (the shared backing) at [gpa, gpa + length). */
-  view(gpa: number, length: number): Uint8Array {
-    return this.memslot.view(gpa, length);
+  view(gpa: U64Input, length: number): Uint8Array {
+    // A gpa past 2^53 is outside any guest memory; as a number it still is.
+    return this.memslot.view(Number(toU64(gpa, 'view: gpa')), length);
   }
 
   /** KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL) for KVM_HC_MAP_GPA_RANGE. */
@@ -209,29 +227,31 @@ export class Guest implements Disposable {
    * thread, so the event loop (and this run's deadline) keeps working.
    */
   async runUntilDone(options: RunUntilDoneOptions = {}): Promise<RunResult> {
-    const timeoutMs = options.timeoutMs ?? 10_000;
-    const deadline = Date.now() + timeoutMs;
+    const timeoutMs = options.timeoutMs === undefined ? 10_000 : options.timeoutMs;
+    const ms = readTimeoutMs(timeoutMs, 'runUntilDone'); // -1: no deadline
+    const deadline = ms < 0 ? Infinity : Date.now() + ms;
     const result: RunResult = { syncs: [], prints: [], exits: 0, conversions: [] };
     for (;;) {
       const left = deadline - Date.now();
-      const exit = left > 0 ? await this.vcpu.run({ timeoutMs: left }) : ({ kind: 'interrupted' } as const);
+      const exit = ms < 0 ? await this.vcpu.run() : left > 0 ? await this.vcpu.run({ timeoutMs: left }) : ({ kind: 'interrupted', deadline: true } as const);
       result.exits++;
       if (exit.kind === 'interrupted') {
-        // The deadline's kick, or someone else's (vcpu.kick(), a signal).
-        if (Date.now() >= deadline) throw new GuestTimeoutError(timeoutMs, this.vcpu.getRegs().rip);
+        // The run's own deadline (a timer of the vCPU thread, never early),
+        // or someone else's kick (vcpu.kick(), an abort, a signal).
+        if (exit.deadline || Date.now() >= deadline) throw new GuestTimeoutError(timeoutMs, this.vcpu.getRegs().rip);
         throw new UnexpectedExitError(exit, this.vcpu.getRegs().rip);
       }
       if (exit.kind === 'io' && exit.port === UCALL_PORT && exit.direction === 'out' && exit.size === 4) {
-        if (await this.ucall(exit.data, result, options)) return result;
+        if (await this.#ucall(exit.data, result, options)) return result;
         continue;
       }
-      if (await this.handle(exit, result, options)) continue;
+      if (await this.#handle(exit, result, options)) continue;
       throw new UnexpectedExitError(exit, this.vcpu.getRegs().rip);
     }
   }
 
   // Returns true when the guest said done.
-  private async ucall(data: Uint8Array, result: RunResult, options: RunUntilDoneOptions): Promise<boolean> {
+  async #ucall(data: Uint8Array, result: RunResult, options: RunUntilDoneOptions): Promise<boolean> {
     const cmd = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
     const regs = this.vcpu.getRegs();
     switch (cmd) {
@@ -253,20 +273,20 @@ export class Guest implements Disposable {
     }
   }
 
-  private async handle(exit: VcpuExit, result: RunResult, options: RunUntilDoneOptions): Promise<boolean> {
+  async #handle(exit: VcpuExit, result: RunResult, options: RunUntilDoneOptions): Promise<boolean> {
     if (exit.kind === 'memory-fault' && options.convertOnMemoryFault) {
       const discard = typeof options.convertOnMemoryFault === 'object' && options.convertOnMemoryFault.discard === true;
-      result.conversions.push(this.convertFault(exit, discard));
+      result.conversions.push(this.#convertFault(exit, discard));
       return true;
     }
     if (exit.kind === 'hypercall' && exit.nr === KVM_HC_MAP_GPA_RANGE && options.mapGpaRange) {
-      result.conversions.push(this.mapGpaRange(exit));
+      result.conversions.push(this.#mapGpaRange(exit));
       return true;
     }
     return (await options.onExit?.(exit, this)) ?? false;
   }
 
-  private convertFault(exit: MemoryFaultExit, discard: boolean): ConversionRecord {
+  #convertFault(exit: MemoryFaultExit, discard: boolean): ConversionRecord {
     // On a 'sw-protected' VM an access is private exactly when its page is
     // (the attributes are the source of truth), so a private fault means the
     // page has no private backing, e.g. its memslot has no guest_memfd:
@@ -277,7 +297,7 @@ export class Guest implements Disposable {
   }
 
   // As the kernel's private_mem_conversions_test host side does.
-  private mapGpaRange(exit: HypercallExit): ConversionRecord {
+  #mapGpaRange(exit: HypercallExit): ConversionRecord {
     const [gpa, npages, attrs] = exit.args as [bigint, bigint, bigint];
     const rec = this.vm.convert({ gpa, size: npages * 4096n }, attrs & KVM_MAP_GPA_RANGE_ENCRYPTED ? 'private' : 'shared', { discard: true });
     exit.ret = 0n;
@@ -306,13 +326,17 @@ function assemble(bits: 16 | 64, entry: number, code: (a: Assembler, io: GuestIo
 
 function guestMemory(vm: Vm, opts: GuestMemoryOptions = {}): { memslot: Memslot; gmem: GuestMemfd | null } {
   const size = opts.size ?? 2 << 20;
-  if (!mib2(size) || size < Layout.MIN_MEMORY) throw new RangeError(`guest memory size 0x${size.toString(16)} must be a multiple of 4096 and at least 0x${Layout.MIN_MEMORY.toString(16)}`);
+  if (!mib2(size) || size < Layout.MIN_MEMORY)
+    throw rangeError(`guest memory size 0x${size.toString(16)} must be a multiple of 4096 and at least 0x${Layout.MIN_MEMORY.toString(16)}`);
   if ((opts.kind ?? 'anonymous') === 'anonymous') return { memslot: vm.addMemslot({ gpa: 0, size }), gmem: null };
   const caps = vm.capabilities();
   const mappable = caps.guestMemfdFlags.includes('mmap') && caps.guestMemfdFlags.includes('init-shared');
   if (!mappable && !caps.memoryAttributes.private) {
-    throw new MissingCapabilityError('KVM_CAP_GUEST_MEMFD_FLAGS', '6.18',
-      'a guest running from guest_memfd memory (needs the mmap and init-shared flags, or a VM type with private memory)');
+    throw new MissingCapabilityError(
+      'KVM_CAP_GUEST_MEMFD_FLAGS',
+      '6.18',
+      'a guest running from guest_memfd memory (needs the mmap and init-shared flags, or a VM type with private memory)',
+    );
   }
   const gmem = vm.createGuestMemfd({ size, flags: mappable ? ['mmap', 'init-shared'] : [] });
   try {

@@ -2,8 +2,8 @@
 // the guest puts the command in EAX, its argument in ESI/RSI (and a second
 // one in ECX/RCX) and executes `out dx, eax` with DX = UCALL_PORT. The host
 // sees an IO exit on that port and reads the arguments from the registers.
-import { AsmError, type Assembler, type Cond, type Reg } from './asm.js';
-import { regBySize, regInfo } from './asm-operands.js';
+import { AsmError, type Assembler, type Cond, type Reg } from '../x86/asm.js';
+import { regBySize, regInfo } from '../x86/asm-operands.js';
 
 export const UCALL_PORT = 0x1000;
 
@@ -36,7 +36,10 @@ export function emitUcall(a: Assembler, cmd: number, arg: number | bigint | Reg 
     a.push(typeof arg2 === 'string' ? arg2 : (arg2 as never));
     a.pop(r.arg2).pop(r.arg);
   } else {
-    loadArgs32(a, [[r.arg, arg], [r.arg2, arg2]]);
+    loadArgs32(a, [
+      [r.arg, arg],
+      [r.arg2, arg2],
+    ]);
   }
   a.mov('eax', cmd);
   a.mov('dx', UCALL_PORT);
@@ -53,7 +56,8 @@ function loadArgs32(a: Assembler, args: [Reg, number | bigint | Reg][]): void {
   const fromRegs = args.filter((x): x is [Reg, Reg] => typeof x[1] === 'string');
   for (const [, src] of fromRegs) {
     const info = regInfo(src);
-    if (info === undefined || info.size === 8 || info.size === 64) throw new AsmError(`ucall argument ${String(src)}: use a 16- or 32-bit register in ${a.bits}-bit code`);
+    if (info === undefined || info.size === 8 || info.size === 64)
+      throw new AsmError(`ucall argument ${String(src)}: use a 16- or 32-bit register in ${a.bits}-bit code`);
     a.push(regBySize(32, info.num).name);
   }
   for (const [dst] of [...fromRegs].reverse()) a.pop(dst);

@@ -65,7 +65,8 @@ export const VmType = {
 export type VmTypeName = keyof typeof VmType;
 export const vmTypeNames = Object.keys(VmType) as VmTypeName[];
 
-export const Falloc = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02 } as const;
+/** fallocate(2) mode bits (linux/falloc.h); a guest_memfd takes only KEEP_SIZE and PUNCH_HOLE. */
+export const Falloc = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02, COLLAPSE_RANGE: 0x08, ZERO_RANGE: 0x10, INSERT_RANGE: 0x20, UNSHARE_RANGE: 0x40 } as const;
 
 export const Mmap = {
   PROT_READ: 1,
@@ -87,6 +88,23 @@ export const KVM_MEM_MAX_NR_PAGES = 2 ** 31 - 1;
 export const U64_MAX = (1n << 64n) - 1n;
 
 export const errno = {
-  EPERM: 1, ENOENT: 2, EINTR: 4, EIO: 5, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EFAULT: 14,
-  EEXIST: 17, ENODEV: 19, EINVAL: 22, ENOTTY: 25, ENOSPC: 28, E2BIG: 7, EOPNOTSUPP: 95, EHWPOISON: 133,
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EEXIST: 17,
+  ENODEV: 19,
+  EFBIG: 27,
+  EINVAL: 22,
+  ENOTTY: 25,
+  ENOSPC: 28,
+  E2BIG: 7,
+  ETIME: 62,
+  EOPNOTSUPP: 95,
+  EHWPOISON: 133,
 } as const;

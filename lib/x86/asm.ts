@@ -11,21 +11,38 @@
 // asm-encode.ts; layout, jump sizing and listing: asm-layout.ts.
 
 import {
-  AsmError, type Bits, type CtrlReg, type Imm, type LabelAddr, type Mem, type OpSize, type Reg,
-  type RegInfo, type SegReg, CTRL_REGS, SEG_REGS, fitsSigned, formatMem, formatOperand, hex,
-  isCtrlReg, isImm, isLabelAddr, isMem, isSegReg, operandValue, regBySize, regInfo, toBig,
+  AsmError,
+  type Bits,
+  type CtrlReg,
+  type Imm,
+  type LabelAddr,
+  type Mem,
+  type OpSize,
+  type Reg,
+  type RegInfo,
+  type SegReg,
+  CTRL_REGS,
+  SEG_REGS,
+  fitsSigned,
+  formatMem,
+  formatOperand,
+  hex,
+  isCtrlReg,
+  isImm,
+  isLabelAddr,
+  isMem,
+  isSegReg,
+  operandValue,
+  regBySize,
+  regInfo,
+  toBig,
 } from './asm-operands.js';
 import { type Field, type Spec, constField, encode, err, isAbsolute, moffsField, symField } from './asm-encode.js';
 import { type AssembleResult, type BranchForm, type Item, BYTES_PER_LISTING_LINE, assembleItems } from './asm-layout.js';
 
-export {
-  AsmError, mem, offset, REG64, REG32, REG16, REG8, REG8_HIGH,
-} from './asm-operands.js';
+export { AsmError, mem, offset, REG64, REG32, REG16, REG8, REG8_HIGH } from './asm-operands.js';
 export type { AssembleResult } from './asm-layout.js';
-export type {
-  AddrReg, Bits, CtrlReg, Imm, LabelAddr, Mem, MemAddress, MemSize, Reg, Reg8, Reg16, Reg32, Reg64,
-  Scale, SegReg,
-} from './asm-operands.js';
+export type { AddrReg, Bits, CtrlReg, Imm, LabelAddr, Mem, MemAddress, MemSize, Reg, Reg8, Reg16, Reg32, Reg64, Scale, SegReg } from './asm-operands.js';
 
 export interface AssemblerOptions {
   bits: Bits;
@@ -39,29 +56,54 @@ type AluOp = keyof typeof ALU;
 
 /** Condition codes: 70+cc is the rel8 form, 0F 80+cc the rel16/32 form. */
 const CC = {
-  o: 0x0, no: 0x1, b: 0x2, c: 0x2, ae: 0x3, nc: 0x3, e: 0x4, z: 0x4, ne: 0x5, nz: 0x5,
-  be: 0x6, a: 0x7, s: 0x8, ns: 0x9, p: 0xa, np: 0xb, l: 0xc, ge: 0xd, le: 0xe, g: 0xf,
+  o: 0x0,
+  no: 0x1,
+  b: 0x2,
+  c: 0x2,
+  ae: 0x3,
+  nc: 0x3,
+  e: 0x4,
+  z: 0x4,
+  ne: 0x5,
+  nz: 0x5,
+  be: 0x6,
+  a: 0x7,
+  s: 0x8,
+  ns: 0x9,
+  p: 0xa,
+  np: 0xb,
+  l: 0xc,
+  ge: 0xd,
+  le: 0xe,
+  g: 0xf,
 } as const;
 export type Cond = keyof typeof CC;
 
 /** Instructions without operands. */
 const SIMPLE = {
-  nop: [0x90], hlt: [0xf4], cli: [0xfa], sti: [0xfb], ret: [0xc3], ud2: [0x0f, 0x0b],
-  cpuid: [0x0f, 0xa2], rdmsr: [0x0f, 0x32], wrmsr: [0x0f, 0x30], pause: [0xf3, 0x90],
-  vmcall: [0x0f, 0x01, 0xc1], vmmcall: [0x0f, 0x01, 0xd9],
+  nop: [0x90],
+  hlt: [0xf4],
+  cli: [0xfa],
+  sti: [0xfb],
+  ret: [0xc3],
+  ud2: [0x0f, 0x0b],
+  cpuid: [0x0f, 0xa2],
+  rdmsr: [0x0f, 0x32],
+  wrmsr: [0x0f, 0x30],
+  pause: [0xf3, 0x90],
+  vmcall: [0x0f, 0x01, 0xc1],
+  vmmcall: [0x0f, 0x01, 0xd9],
 } as const;
 
 /** Operand kinds after parsing a method argument. */
-type Op =
-  | { t: 'reg'; r: RegInfo }
-  | { t: 'mem'; m: Mem }
-  | { t: 'imm'; v: bigint }
-  | { t: 'off'; a: LabelAddr };
+type Op = { t: 'reg'; r: RegInfo } | { t: 'mem'; m: Mem } | { t: 'imm'; v: bigint } | { t: 'off'; a: LabelAddr };
 
 type GpOrMem = Reg | Mem;
 type Src = Reg | Mem | Imm;
 
 const LABEL_RE = /^[A-Za-z_.$][A-Za-z0-9_.$]*$/;
+
+const MAX_ALIGN = 0x200000;
 
 export class Assembler {
   readonly origin: bigint;
@@ -138,18 +180,23 @@ export class Assembler {
   private data(name: string, size: 2 | 4 | 8, values: readonly (Imm | string)[]): this {
     const text = `${name} ${values.map((v) => (typeof v === 'string' ? v : hex(v))).join(', ')}`;
     const fields = values.map((v) =>
-      typeof v === 'string'
-        ? symField('label address', v, 0n, size, 'u')
-        : constField(text, 'value', toBig(v, text), size, 'su'),
+      typeof v === 'string' ? symField('label address', v, 0n, size, 'u') : constField(text, 'value', toBig(v, text), size, 'su'),
     );
     this.items.push({ kind: 'insn', insn: { text, head: [], fields } });
     return this;
   }
 
-  /** Pad with `fill` up to the next guest address that is a multiple of n (a power of two). */
+  /**
+   * Pad with `fill` up to the next guest address that is a multiple of n (a
+   * power of two, at most 2 MiB: the largest page a tiny guest maps, and a
+   * bound on the padding one call can add).
+   */
   align(n: number, fill = 0x90): this {
-    const text = `align ${n}${fill === 0x90 ? '' : `, ${hex(fill)}`}`;
-    if (!Number.isSafeInteger(n) || n < 1 || (n & (n - 1)) !== 0) throw new AsmError(`${text}: alignment must be a power of two`);
+    const text = `align ${typeof n === 'number' ? n : typeof n}${fill === 0x90 ? '' : `, ${hex(fill)}`}`;
+    // The power-of-two test in bigints: `n & (n - 1)` on numbers sees only
+    // the low 32 bits (3 * 2^32 would pass).
+    if (!Number.isSafeInteger(n) || n < 1 || (BigInt(n) & (BigInt(n) - 1n)) !== 0n) throw new AsmError(`${text}: alignment must be a power of two`);
+    if (n > MAX_ALIGN) throw new AsmError(`${text}: alignment above ${hex(MAX_ALIGN)} (2 MiB) is not supported`);
     if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new AsmError(`${text}: fill must be a byte`);
     this.items.push({ kind: 'align', text, n: BigInt(n), fill });
     return this;
@@ -213,7 +260,12 @@ export class Assembler {
     const val = operandValue(v, r.size);
     if (val === undefined) throw err(text, `immediate ${hex(v)} does not fit in ${r.size} bits`);
     if (r.size !== 64) {
-      return this.emit(text, { size: r.size, opcode: [r.size === 8 ? 0xb0 : 0xb8], plusReg: r, imms: [constField(text, 'immediate', val, (r.size / 8) as 1 | 2 | 4, 's')] });
+      return this.emit(text, {
+        size: r.size,
+        opcode: [r.size === 8 ? 0xb0 : 0xb8],
+        plusReg: r,
+        imms: [constField(text, 'immediate', val, (r.size / 8) as 1 | 2 | 4, 's')],
+      });
     }
     const u = BigInt.asUintN(64, val);
     if (u <= 0xffffffffn) {
@@ -238,7 +290,8 @@ export class Assembler {
     if (isCtrlReg(other)) throw err(text, 'cannot move between control registers');
     const r = this.op(other, text);
     const want = this.bits === 64 ? 64 : 32;
-    if (r.t !== 'reg' || r.r.size !== want) throw err(text, `${formatOperand(other)}: control registers move to and from ${want}-bit registers in ${this.bits}-bit mode`);
+    if (r.t !== 'reg' || r.r.size !== want)
+      throw err(text, `${formatOperand(other)}: control registers move to and from ${want}-bit registers in ${this.bits}-bit mode`);
     if (cr === 'cr8' && this.bits !== 64) throw err(text, 'cr8 exists only in 64-bit mode');
     return this.emit(text, { opcode: [0x0f, toCr ? 0x22 : 0x20], reg: CTRL_REGS[cr], rm: r.r });
   }
@@ -251,7 +304,8 @@ export class Assembler {
     if (isSegReg(other)) throw err(text, 'cannot move between segment registers');
     if (toSeg && seg === 'cs') throw err(text, 'cs cannot be loaded with mov (use ljmp)');
     const r = this.op(other, text);
-    if (r.t !== 'reg' || (r.r.size !== 16 && r.r.size !== 32)) throw err(text, `${formatOperand(other)}: segment registers move to and from 16/32-bit registers`);
+    if (r.t !== 'reg' || (r.r.size !== 16 && r.r.size !== 32))
+      throw err(text, `${formatOperand(other)}: segment registers move to and from 16/32-bit registers`);
     // Loading a segment register reads 16 bits whatever the operand size, so
     // GNU as emits no 0x66 for `mov ds, eax` or `mov ds, ax`; storing one to
     // a register does have a size (the upper half is zeroed for r32).
@@ -267,7 +321,8 @@ export class Assembler {
       // 6A ib is sign-extended to the stack width; 68 takes iw/id (id sign-extended in 64-bit mode).
       const size = this.bits;
       const val = operandValue(s.v, size);
-      if (val === undefined || !fitsSigned(val, 32)) throw err(text, `immediate ${hex(s.v)} does not fit in ${size === 64 ? 'a sign-extended 32-bit immediate' : `${size} bits`}`);
+      if (val === undefined || !fitsSigned(val, 32))
+        throw err(text, `immediate ${hex(s.v)} does not fit in ${size === 64 ? 'a sign-extended 32-bit immediate' : `${size} bits`}`);
       if (fitsSigned(val, 8)) return this.emit(text, { opcode: [0x6a], imms: [constField(text, 'immediate', val, 1, 's')] });
       return this.emit(text, { opcode: [0x68], imms: [constField(text, 'immediate', val, size === 16 ? 2 : 4, 's')] });
     }
@@ -324,9 +379,7 @@ export class Assembler {
       const acc = d.t === 'reg' && d.r.num === 0;
       if (size === 8) {
         const imm = this.immediate(text, s.v, 8);
-        return acc
-          ? this.emit(text, { size, opcode: [base + 4], imms: [imm] })
-          : this.emit(text, { size, opcode: [0x80], reg: digit, rm, imms: [imm] });
+        return acc ? this.emit(text, { size, opcode: [base + 4], imms: [imm] }) : this.emit(text, { size, opcode: [0x80], reg: digit, rm, imms: [imm] });
       }
       const imm = this.immediate(text, s.v, size);
       if (fitsSigned(imm.value, 8)) {
@@ -334,9 +387,7 @@ export class Assembler {
         return this.emit(text, { size, opcode: [0x83], reg: digit, rm, imms: [{ ...imm, size: 1 }] });
       }
       // The accumulator forms (05, 2D, 3D, ...) save the ModRM byte.
-      return acc
-        ? this.emit(text, { size, opcode: [base + 5], imms: [imm] })
-        : this.emit(text, { size, opcode: [0x81], reg: digit, rm, imms: [imm] });
+      return acc ? this.emit(text, { size, opcode: [base + 5], imms: [imm] }) : this.emit(text, { size, opcode: [0x81], reg: digit, rm, imms: [imm] });
     }
     if (d.t === 'mem' && s.t === 'mem') throw err(text, 'x86 has no memory-to-memory form');
     const size = this.sameSize(text, d, s);
@@ -380,20 +431,48 @@ export class Assembler {
     if (cc === undefined) throw new AsmError(`j${String(cond)} ${label}: unknown condition '${String(cond)}'`);
     return this.branch(`j${cond} ${label}`, { short: [0x70 + cc], near: [0x0f, 0x80 + cc] }, label);
   }
-  je(label: string): this { return this.jcc('e', label); }
-  jne(label: string): this { return this.jcc('ne', label); }
-  jz(label: string): this { return this.jcc('z', label); }
-  jnz(label: string): this { return this.jcc('nz', label); }
-  jl(label: string): this { return this.jcc('l', label); }
-  jle(label: string): this { return this.jcc('le', label); }
-  jg(label: string): this { return this.jcc('g', label); }
-  jge(label: string): this { return this.jcc('ge', label); }
-  jb(label: string): this { return this.jcc('b', label); }
-  jbe(label: string): this { return this.jcc('be', label); }
-  ja(label: string): this { return this.jcc('a', label); }
-  jae(label: string): this { return this.jcc('ae', label); }
-  js(label: string): this { return this.jcc('s', label); }
-  jns(label: string): this { return this.jcc('ns', label); }
+  je(label: string): this {
+    return this.jcc('e', label);
+  }
+  jne(label: string): this {
+    return this.jcc('ne', label);
+  }
+  jz(label: string): this {
+    return this.jcc('z', label);
+  }
+  jnz(label: string): this {
+    return this.jcc('nz', label);
+  }
+  jl(label: string): this {
+    return this.jcc('l', label);
+  }
+  jle(label: string): this {
+    return this.jcc('le', label);
+  }
+  jg(label: string): this {
+    return this.jcc('g', label);
+  }
+  jge(label: string): this {
+    return this.jcc('ge', label);
+  }
+  jb(label: string): this {
+    return this.jcc('b', label);
+  }
+  jbe(label: string): this {
+    return this.jcc('be', label);
+  }
+  ja(label: string): this {
+    return this.jcc('a', label);
+  }
+  jae(label: string): this {
+    return this.jcc('ae', label);
+  }
+  js(label: string): this {
+    return this.jcc('s', label);
+  }
+  jns(label: string): this {
+    return this.jcc('ns', label);
+  }
 
   /** Near call (rel16 in 16-bit mode, rel32 otherwise; there is no rel8 call). */
   call(label: string): this {
@@ -421,9 +500,7 @@ export class Assembler {
     if (osize !== 16 && osize !== 32) throw err(text, 'the offset size must be 16 or 32');
     const sel = constField(text, 'selector', toBig(selector, text), 2, 'u');
     const width = (osize / 8) as 2 | 4;
-    const off = typeof target === 'string'
-      ? symField('offset', target, 0n, width, 'u')
-      : constField(text, 'offset', toBig(target, text), width, 'u');
+    const off = typeof target === 'string' ? symField('offset', target, 0n, width, 'u') : constField(text, 'offset', toBig(target, text), width, 'u');
     return this.emit(text, { size: osize, opcode: [0xea], imms: [off, sel] });
   }
 
@@ -477,20 +554,44 @@ export class Assembler {
     return this.emit(text, { ...(this.bits === 64 ? {} : { size }), opcode: [0x0f, 0x01], reg: digit, rm: m });
   }
 
-  nop(): this { return this.simple('nop'); }
-  hlt(): this { return this.simple('hlt'); }
-  cli(): this { return this.simple('cli'); }
-  sti(): this { return this.simple('sti'); }
-  ret(): this { return this.simple('ret'); }
-  ud2(): this { return this.simple('ud2'); }
-  cpuid(): this { return this.simple('cpuid'); }
-  rdmsr(): this { return this.simple('rdmsr'); }
-  wrmsr(): this { return this.simple('wrmsr'); }
-  pause(): this { return this.simple('pause'); }
+  nop(): this {
+    return this.simple('nop');
+  }
+  hlt(): this {
+    return this.simple('hlt');
+  }
+  cli(): this {
+    return this.simple('cli');
+  }
+  sti(): this {
+    return this.simple('sti');
+  }
+  ret(): this {
+    return this.simple('ret');
+  }
+  ud2(): this {
+    return this.simple('ud2');
+  }
+  cpuid(): this {
+    return this.simple('cpuid');
+  }
+  rdmsr(): this {
+    return this.simple('rdmsr');
+  }
+  wrmsr(): this {
+    return this.simple('wrmsr');
+  }
+  pause(): this {
+    return this.simple('pause');
+  }
   /** Intel VMX hypercall */
-  vmcall(): this { return this.simple('vmcall'); }
+  vmcall(): this {
+    return this.simple('vmcall');
+  }
   /** AMD SVM hypercall */
-  vmmcall(): this { return this.simple('vmmcall'); }
+  vmmcall(): this {
+    return this.simple('vmmcall');
+  }
 
   private simple(name: keyof typeof SIMPLE): this {
     this.items.push({ kind: 'insn', insn: { text: name, head: SIMPLE[name], fields: [] } });

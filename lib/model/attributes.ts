@@ -3,7 +3,7 @@
 // to answer "is this page private?"; it is written only after
 // KVM_SET_MEMORY_ATTRIBUTES succeeded, which overwrites all attributes of
 // its range (a gfn absent from the map has attributes 0, i.e. shared).
-import { IntervalMap } from './util/interval-map.js';
+import { IntervalMap } from './interval-map.js';
 
 export interface AttributeRange {
   gfn: number;

@@ -1,13 +1,15 @@
 // /dev/kvm: the system-level entry point. Opens the device, checks the API
 // version, answers capability questions and creates VMs.
 import { readFileSync } from 'node:fs';
-import { type Capabilities, capNumber, checkExtensions, readCapabilities } from './capabilities.js';
-import { MissingCapabilityError, retryOnEintr, withRequest } from './errors.js';
-import { native } from './native.js';
-import { FdResource } from './resource.js';
-import { Cap, type CapName, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from './uapi.js';
+import { CheckExtensionFd } from './capabilities.js';
+import { KvmApiVersionError, MissingCapabilityError, retryOnEintr, withRequest } from '../errors.js';
+import { argError, typeCode } from '../args.js';
+import { native } from '../binding/native.js';
+import { Cap, CapSince, errno, KVM_API_VERSION, TASK_SIZE_MAX_4LEVEL, TASK_SIZE_MAX_5LEVEL, VmType, type VmTypeName } from '../binding/uapi.js';
 import { Vm, type VmParent } from './vm.js';
-import { type CpuidEntry, decodeCpuid } from './x86/regs.js';
+import { bindingOverlapErrno } from './kernel-behaviour.js';
+import { defectPresent } from './defects.js';
+import { type CpuidEntry, decodeCpuid } from './regs.js';
 
 export interface CreateVmOptions {
   /** VM type; default 'default'. */
@@ -24,14 +26,10 @@ function taskSizeMax(): bigint {
   }
 }
 
-export class Kvm extends FdResource implements VmParent {
+export class Kvm extends CheckExtensionFd {
   readonly path: string;
   readonly apiVersion: number;
   readonly taskSizeMax: bigint = taskSizeMax();
-  #caps: Capabilities | undefined;
-  // KVM_CHECK_EXTENSION with the fd bound in: the cheapest ioctl, where the
-  // argument conversion is a visible share of the cost (tools/bench).
-  #check: ((cap: number) => number) | undefined;
   #mmapSize: number | undefined;
   #cpuid: CpuidEntry[] | undefined;
   #vmParent: VmParent | undefined;
@@ -47,57 +45,40 @@ export class Kvm extends FdResource implements VmParent {
     }
     if (this.apiVersion !== KVM_API_VERSION) {
       this.close();
-      throw new Error(`${path}: KVM_GET_API_VERSION is ${this.apiVersion}, expected ${KVM_API_VERSION}`);
+      throw new KvmApiVersionError(path, this.apiVersion, KVM_API_VERSION);
     }
   }
 
   /** Opens the KVM device (O_RDWR|O_CLOEXEC) and checks KVM_GET_API_VERSION is 12. */
   static open(path = '/dev/kvm'): Kvm {
-    return new Kvm(withRequest({ path }, () => native.openDevice(path)), path);
-  }
-
-  /** KVM_CHECK_EXTENSION on /dev/kvm. Prefer Vm.checkExtension for per-VM answers. */
-  checkExtension(cap: number | CapName): number {
-    const fd = this.use('check an extension');
-    return (this.#check ??= native.checkExtensionBind(fd))(capNumber(cap));
-  }
-
-  /** KVM_CHECK_EXTENSION on /dev/kvm for each cap, in one call into the addon. */
-  checkExtensions(caps: readonly (number | CapName)[]): number[] {
-    return checkExtensions(this.use('check extensions'), caps);
-  }
-
-  /** @internal VmParent */
-  systemCheck(cap: number): number {
-    return this.checkExtension(cap);
-  }
-
-  /** System-wide capabilities (asked once). */
-  capabilities(): Capabilities {
-    this.use('read capabilities');
-    this.#caps ??= readCapabilities(this.fd);
-    return this.#caps;
+    return new Kvm(
+      withRequest({ path }, () => native.openDevice(path)),
+      path,
+    );
   }
 
   /** KVM_CREATE_VM. The VM's fd is close-on-exec and owned by the result. */
   createVm(options: CreateVmOptions = {}): Vm {
+    const type = options?.type ?? 'default'; // read once, before the fd is taken
     const fd = this.use('create a VM');
-    const type = options.type ?? 'default';
-    const bits = VmType[type];
-    if (bits === undefined) throw new TypeError(`createVm: unknown VM type '${String(type)}' (known: ${Object.keys(VmType).join(', ')})`);
+    const bits = typeof type === 'string' && Object.hasOwn(VmType, type) ? VmType[type] : undefined;
+    if (bits === undefined) throw argError(`createVm: unknown VM type '${String(type)}' (known: ${Object.keys(VmType).join(', ')})`, typeCode(type, 'string'));
     if (type !== 'default' && !this.capabilities().vmTypes.includes(type)) {
       throw new MissingCapabilityError('KVM_CAP_VM_TYPES', CapSince.VM_TYPES, `a '${type}' VM (this kernel offers: ${this.capabilities().vmTypes.join(', ')})`);
     }
-    const parent = this.vmParent();
-    const vmFd = withRequest({ type: bits }, () => retryOnEintr(() => native.createVm(fd, bits)),
-      (n) => (n === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []));
+    const parent = this.#parent();
+    const vmFd = withRequest(
+      { type: bits },
+      () => retryOnEintr(() => native.createVm(fd, bits)),
+      (n) => (n === errno.EINVAL ? ['the VM type is not supported by this host (CPU or kernel config)'] : []),
+    );
     return new Vm(vmFd, type, parent);
   }
 
   // What a VM asks of /dev/kvm, asked once while this Kvm is open and
   // remembered: the kernel keeps a VM alive without its /dev/kvm fd, and so
   // must the package, so a VM keeps working after this Kvm is closed.
-  private vmParent(): VmParent {
+  #parent(): VmParent {
     if (this.#vmParent === undefined) {
       const guestMemfd = this.checkExtension(Cap.GUEST_MEMFD);
       const mmapSize = this.vcpuMmapSize();
@@ -107,6 +88,9 @@ export class Kvm extends FdResource implements VmParent {
         vcpuMmapSize: () => mmapSize,
         supportedCpuid: () => cpuid.map((e) => ({ ...e })),
         systemCheck: (cap) => (cap === Cap.GUEST_MEMFD ? guestMemfd : this.checkExtension(cap)),
+        // Probed on a scratch VM while this Kvm is open (kernel-behaviour.ts).
+        bindingOverlapErrno: (type) => bindingOverlapErrno(this.closed ? null : this.fd, this.path, type).errno,
+        defectPresent: (id) => defectPresent(this.path, id),
       };
     }
     return this.#vmParent;

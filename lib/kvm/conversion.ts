@@ -11,10 +11,10 @@
 //      the kernel's private_mem_conversions_test does.
 // If step 2 fails part-way, ConversionError.record lists the attribute
 // change and every discard that did happen; the failed one is in `cause`.
-import { KvmError } from './errors.js';
+import { KvmError, KvmGmemError } from '../errors.js';
 import type { Memslot } from './memslot.js';
-import { isSafeUint, toU64, type U64Input } from './util/args.js';
-import { MemoryAttribute } from './uapi.js';
+import { argError, isSafeUint, toU64, typeCode, type U64Input } from '../args.js';
+import { MemoryAttribute } from '../binding/uapi.js';
 
 export interface GpaRange {
   gpa: U64Input;
@@ -47,12 +47,17 @@ export interface ConversionRecord {
   discarded: DiscardStep[];
 }
 
-export class ConversionError extends Error {
+export class ConversionError extends KvmGmemError {
   override name = 'ConversionError';
   readonly code = 'ERR_KVM_CONVERSION_PARTIAL';
-  constructor(readonly record: ConversionRecord, override readonly cause: unknown) {
-    super(`conversion of [0x${record.gpa.toString(16)}, +0x${record.size.toString(16)}) to ${record.to}: attributes were set, ` +
-      `${record.discarded.length} discard step(s) done, then a discard failed: ${(cause as Error).message}`);
+  constructor(
+    readonly record: ConversionRecord,
+    override readonly cause: unknown,
+  ) {
+    super(
+      `conversion of [0x${record.gpa.toString(16)}, +0x${record.size.toString(16)}) to ${record.to}: attributes were set, ` +
+        `${record.discarded.length} discard step(s) done, then a discard failed: ${(cause as Error).message}`,
+    );
   }
 }
 
@@ -63,7 +68,7 @@ export interface ConversionHost {
 }
 
 export function convert(vm: ConversionHost, range: GpaRange, to: 'private' | 'shared', options: ConversionOptions): ConversionRecord {
-  if (to !== 'private' && to !== 'shared') throw new TypeError(`convert: 'to' must be 'private' or 'shared', got ${String(to)}`);
+  if (to !== 'private' && to !== 'shared') throw argError(`convert: 'to' must be 'private' or 'shared', got ${String(to)}`, typeCode(to, 'string'));
   // Numbers go through as given (the VM's number fast path); anything else
   // is validated here first, so a bad type is reported as convert's.
   if (!isSafeUint(range.gpa)) toU64(range.gpa, 'convert: gpa');

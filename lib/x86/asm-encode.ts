@@ -6,10 +6,7 @@
 // (displacements and immediates). A field may depend on a label; its size is
 // still fixed, so only branches (asm.ts) change size during assemble().
 
-import {
-  AsmError, type Bits, type Mem, type OpSize, type RegInfo,
-  fitsSigned, fitsUnsigned, formatMem, hex, isMem, regInfo,
-} from './asm-operands.js';
+import { AsmError, type Bits, type Mem, type OpSize, type RegInfo, fitsSigned, fitsUnsigned, formatMem, hex, isMem, regInfo } from './asm-operands.js';
 
 /** How a field's final value must fit: signed, unsigned, or either (then it is stored modulo 2^n). */
 export type Range = 's' | 'u' | 'su';
@@ -84,9 +81,7 @@ export function isAbsolute(m: Mem): boolean {
 
 /** The address field of a mem operand: the label's address + disp, or the plain disp. */
 function dispField(text: string, m: Mem, size: 1 | 2 | 4, range: Range): Field {
-  return m.label !== undefined
-    ? symField('address', m.label, m.disp, size, range)
-    : constField(text, 'displacement', m.disp, size, range);
+  return m.label !== undefined ? symField('address', m.label, m.disp, size, range) : constField(text, 'displacement', m.disp, size, range);
 }
 
 /** The `moffs` field of A0..A3 (mov al/ax/eax <-> absolute address): address-sized. */
@@ -201,9 +196,7 @@ export interface Spec {
 }
 
 export function encode(bits: Bits, text: string, spec: Spec): Insn {
-  const regs = [spec.plusReg, spec.reg, spec.rm].filter(
-    (r): r is RegInfo => typeof r === 'object' && !isMem(r),
-  );
+  const regs = [spec.plusReg, spec.reg, spec.rm].filter((r): r is RegInfo => typeof r === 'object' && !isMem(r));
   for (const r of regs) if (r.only64 && bits !== 64) throw err(text, `${r.name} exists only in 64-bit mode`);
   const memEnc = isMem(spec.rm) ? encodeMem(bits, spec.rm, text) : undefined;
 

@@ -2,7 +2,7 @@
 // pages each memslot binds. The kernel has no read-back ioctl for either, so
 // this is updated only after the kernel accepted a change. Both indexes are
 // interval maps, so checking the 1:1 rule costs O(log n) per operation.
-import { IntervalMap } from './util/interval-map.js';
+import { IntervalMap } from './interval-map.js';
 
 /** What the rules need to know about a guest_memfd (see GuestMemfd). */
 export interface GuestMemfdInfo {
@@ -93,7 +93,13 @@ export class MemslotTable {
 
   /** Every memslot, ordered by address space then gfn. */
   entries(): SlotEntry[] {
-    return [...this.byGfn.keys()].sort((a, b) => a - b).flatMap((as) => this.gfnIndex(as).entries().map((i) => i.value));
+    return [...this.byGfn.keys()]
+      .sort((a, b) => a - b)
+      .flatMap((as) =>
+        this.gfnIndex(as)
+          .entries()
+          .map((i) => i.value),
+      );
   }
 
   /** The lowest slot id not in use in `asId`, or -1. */

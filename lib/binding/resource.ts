@@ -2,7 +2,7 @@
 // per fd, close() idempotent and drops the fd before closing it, use after
 // close throws ClosedError, and a finalizer closes what was never closed
 // (a safety net only: tests check that nothing relies on it).
-import { ClosedError } from './errors.js';
+import { ClosedError } from '../errors.js';
 import { native } from './native.js';
 
 const finalizer = new FinalizationRegistry<number>((fd) => {
@@ -16,9 +16,21 @@ const finalizer = new FinalizationRegistry<number>((fd) => {
 export abstract class FdResource implements Disposable {
   #fd: number;
 
-  protected constructor(fd: number, private readonly kind: string) {
+  protected constructor(
+    fd: number,
+    private readonly kind: string,
+  ) {
     this.#fd = fd;
     finalizer.register(this, fd, this);
+  }
+
+  /**
+   * @internal The fd of `r` read from its private field, not through a
+   * getter a caller could have replaced; ClosedError after close.
+   */
+  static fdOf(r: FdResource, operation: string): number {
+    if (r.#fd < 0) throw new ClosedError(r.kind, operation);
+    return r.#fd;
   }
 
   /** True once close() ran. */

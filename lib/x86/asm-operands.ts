@@ -5,32 +5,23 @@
 // `OFFSET label`), so a listing line can be fed back to `as` unchanged; the
 // tests rely on that to check the listing against binutils.
 
+import { KvmGmemError } from '../errors.js';
+
 /** Every error the emitter throws: the message starts with the instruction text. */
-export class AsmError extends Error {
+export class AsmError extends KvmGmemError {
   override name = 'AsmError';
+  readonly code = 'ERR_KVM_ASM';
 }
 
 export type Bits = 16 | 32 | 64;
 
 // The position in each table is the register number used in ModRM/SIB/opcode
 // fields (bit 3 goes into a REX prefix).
-export const REG64 = [
-  'rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi',
-  'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15',
-] as const;
-export const REG32 = [
-  'eax', 'ecx', 'edx', 'ebx', 'esp', 'ebp', 'esi', 'edi',
-  'r8d', 'r9d', 'r10d', 'r11d', 'r12d', 'r13d', 'r14d', 'r15d',
-] as const;
-export const REG16 = [
-  'ax', 'cx', 'dx', 'bx', 'sp', 'bp', 'si', 'di',
-  'r8w', 'r9w', 'r10w', 'r11w', 'r12w', 'r13w', 'r14w', 'r15w',
-] as const;
+export const REG64 = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const;
+export const REG32 = ['eax', 'ecx', 'edx', 'ebx', 'esp', 'ebp', 'esi', 'edi', 'r8d', 'r9d', 'r10d', 'r11d', 'r12d', 'r13d', 'r14d', 'r15d'] as const;
+export const REG16 = ['ax', 'cx', 'dx', 'bx', 'sp', 'bp', 'si', 'di', 'r8w', 'r9w', 'r10w', 'r11w', 'r12w', 'r13w', 'r14w', 'r15w'] as const;
 /** Byte registers as numbered when a REX prefix is present (4..7 = spl..dil). */
-export const REG8 = [
-  'al', 'cl', 'dl', 'bl', 'spl', 'bpl', 'sil', 'dil',
-  'r8b', 'r9b', 'r10b', 'r11b', 'r12b', 'r13b', 'r14b', 'r15b',
-] as const;
+export const REG8 = ['al', 'cl', 'dl', 'bl', 'spl', 'bpl', 'sil', 'dil', 'r8b', 'r9b', 'r10b', 'r11b', 'r12b', 'r13b', 'r14b', 'r15b'] as const;
 /** Without a REX prefix, byte register numbers 4..7 mean ah..bh instead. */
 export const REG8_HIGH = ['ah', 'ch', 'dh', 'bh'] as const;
 
@@ -67,7 +58,9 @@ function addRegs(names: readonly Reg[], size: OpSize): void {
   names.forEach((name, num) => {
     const byteRex = size === 8 && num >= 4 && num < 8;
     REGS.set(name, {
-      name, size, num,
+      name,
+      size,
+      num,
       only64: size === 64 || num >= 8 || byteRex,
       needsRexByte: byteRex,
       forbidsRex: false,
@@ -120,7 +113,9 @@ export function isImm(x: unknown): x is Imm {
 
 /** 0x2a, -0x80: the spelling GNU as accepts in Intel syntax. */
 export function hex(v: Imm): string {
-  if (typeof v === 'number' && !Number.isSafeInteger(v)) return String(v);
+  // Anything but a safe integer or a bigint is shown as it is (BigInt() of
+  // a string or an object would throw SyntaxError while formatting a message).
+  if (typeof v !== 'bigint' && !(typeof v === 'number' && Number.isSafeInteger(v))) return typeof v === 'object' ? typeof v : String(v);
   const b = BigInt(v);
   return b < 0n ? `-0x${(-b).toString(16)}` : `0x${b.toString(16)}`;
 }
@@ -211,8 +206,14 @@ export function mem(size: MemSize, a?: AddrReg | MemAddress, d?: Imm): Mem {
     throw new AsmError(`${where}: a RIP-relative operand has no base, index or other label`);
   }
   return {
-    kind: 'mem', size, base: addr.base, index: addr.index, scale,
-    disp: toBig(addr.disp ?? 0, where), label: addr.label, rip: addr.rip,
+    kind: 'mem',
+    size,
+    base: addr.base,
+    index: addr.index,
+    scale,
+    disp: toBig(addr.disp ?? 0, where),
+    label: addr.label,
+    rip: addr.rip,
   };
 }
 

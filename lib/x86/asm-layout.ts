@@ -36,11 +36,17 @@ function branchSize(it: { form: BranchForm; bits: Bits }, long: boolean): number
 
 function itemSize(it: Item, pc: bigint, long: boolean): number {
   switch (it.kind) {
-    case 'insn': return insnSize(it.insn);
-    case 'raw': return it.bytes.length;
-    case 'label': case 'code': return 0;
-    case 'branch': return branchSize(it, long);
-    case 'align': return Number((it.n - (pc % it.n)) % it.n);
+    case 'insn':
+      return insnSize(it.insn);
+    case 'raw':
+      return it.bytes.length;
+    case 'label':
+    case 'code':
+      return 0;
+    case 'branch':
+      return branchSize(it, long);
+    case 'align':
+      return Number((it.n - (pc % it.n)) % it.n);
   }
 }
 
@@ -74,7 +80,12 @@ function layout(items: readonly Item[], origin: bigint): { addrs: bigint[]; labe
   }
 }
 
-interface Line { addr: bigint; bytes: Uint8Array; text: string; data: boolean }
+interface Line {
+  addr: bigint;
+  bytes: Uint8Array;
+  text: string;
+  data: boolean;
+}
 
 export function assembleItems(items: readonly Item[], origin: bigint, addressBits: 32 | 64): AssembleResult {
   const { addrs, labels, long, end } = layout(items, origin);

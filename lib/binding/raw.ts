@@ -3,8 +3,9 @@
 // test can send a bad request on purpose and see the kernel's errno; the
 // arguments are still type-checked by the addon, so misuse cannot crash the
 // process. Errors are KvmError with every field that was sent.
-import { withRequest as call } from './errors.js';
-import { type FstatResult, native, type U64 } from './native.js';
+import { withRequest as call } from '../errors.js';
+import type { U64Input } from '../args.js';
+import { type FstatResult, native } from './native.js';
 import { FdResource } from './resource.js';
 
 type FdLike = number | { readonly fd: number };
@@ -16,10 +17,10 @@ function fdOf(f: FdLike): number {
 export interface RawRegion {
   slot: number;
   flags: number;
-  guestPhysAddr: U64;
-  memorySize: U64;
-  userspaceAddr: U64;
-  guestMemfdOffset: U64;
+  guestPhysAddr: U64Input;
+  memorySize: U64Input;
+  userspaceAddr: U64Input;
+  guestMemfdOffset: U64Input;
   guestMemfd: number;
 }
 
@@ -32,17 +33,35 @@ export class RawFd extends FdResource {
 
 export function setUserMemoryRegion2(vm: FdLike, r: RawRegion): void {
   const fd = fdOf(vm);
-  call({ slot: r.slot, flags: r.flags, guest_phys_addr: r.guestPhysAddr, memory_size: r.memorySize, userspace_addr: r.userspaceAddr, guest_memfd_offset: r.guestMemfdOffset, guest_memfd: r.guestMemfd },
-    () => native.setUserMemoryRegion2(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr, r.guestMemfdOffset, r.guestMemfd));
+  call(
+    {
+      slot: r.slot,
+      flags: r.flags,
+      guest_phys_addr: r.guestPhysAddr,
+      memory_size: r.memorySize,
+      userspace_addr: r.userspaceAddr,
+      guest_memfd_offset: r.guestMemfdOffset,
+      guest_memfd: r.guestMemfd,
+    },
+    () => native.setUserMemoryRegion2(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr, r.guestMemfdOffset, r.guestMemfd),
+  );
 }
 
-export function setMemoryAttributes(vm: FdLike, a: { address: U64; size: U64; attributes: U64; flags?: U64 }): void {
+/** KVM_SET_USER_MEMORY_REGION (v1, the selftests' vm_set_user_memory_region()): no guest_memfd fields. */
+export function setUserMemoryRegion(vm: FdLike, r: Omit<RawRegion, 'guestMemfdOffset' | 'guestMemfd'>): void {
+  const fd = fdOf(vm);
+  call({ slot: r.slot, flags: r.flags, guest_phys_addr: r.guestPhysAddr, memory_size: r.memorySize, userspace_addr: r.userspaceAddr }, () =>
+    native.setUserMemoryRegion(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr),
+  );
+}
+
+export function setMemoryAttributes(vm: FdLike, a: { address: U64Input; size: U64Input; attributes: U64Input; flags?: U64Input }): void {
   const fd = fdOf(vm);
   const flags = a.flags ?? 0;
   call({ address: a.address, size: a.size, attributes: a.attributes, flags }, () => native.setMemoryAttributes(fd, a.address, a.size, a.attributes, flags));
 }
 
-export function createGuestMemfd(vm: FdLike, c: { size: U64; flags?: U64 }): RawFd {
+export function createGuestMemfd(vm: FdLike, c: { size: U64Input; flags?: U64Input }): RawFd {
   const fd = fdOf(vm);
   const flags = c.flags ?? 0;
   return new RawFd(call({ size: c.size, flags }, () => native.createGuestMemfd(fd, c.size, flags)));
@@ -58,12 +77,12 @@ export function checkExtension(f: FdLike, cap: number): number {
   return call({ cap }, () => native.checkExtension(fd, cap));
 }
 
-export function enableCap(f: FdLike, cap: number, args: U64[] = [], flags = 0): void {
+export function enableCap(f: FdLike, cap: number, args: U64Input[] = [], flags = 0): void {
   const fd = fdOf(f);
   call({ cap, flags, args: args.join(',') }, () => native.enableCap(fd, cap, flags, args));
 }
 
-export function fallocate(f: FdLike, mode: number, offset: U64, length: U64): void {
+export function fallocate(f: FdLike, mode: number, offset: U64Input, length: U64Input): void {
   const fd = fdOf(f);
   call({ fd, mode, offset, length }, () => native.fallocate(fd, mode, offset, length));
 }

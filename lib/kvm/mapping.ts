@@ -1,0 +1,183 @@
+// A memory mapping owned by exactly one object. Views are plain typed arrays
+// over ArrayBuffers that the native layer detaches on unmap, so a view kept
+// past unmap() cannot reach unmapped memory (a Uint8Array reads as length 0;
+// a DataView throws TypeError on every access, as V8 does for a detached
+// buffer).
+//
+// A mapping may be larger than any one ArrayBuffer (Node 20 makes none over
+// buffer.constants.MAX_LENGTH, 4 GiB): views are then cut from windows of
+// MAX_LENGTH bytes that start every MAX_LENGTH / 2 bytes, made on first use,
+// so every view up to half that length fits one window; a longer view gets
+// an ArrayBuffer of its own. A view longer than MAX_LENGTH is a RangeError.
+import { constants as bufferConstants } from 'node:buffer';
+import { ClosedError, MappingInUseError } from '../errors.js';
+import { native } from '../binding/native.js';
+import { Mmap } from '../binding/uapi.js';
+import { rangeError, toU64, type U64Input } from '../args.js';
+
+const MAX_VIEW = bufferConstants.MAX_LENGTH;
+const STRIDE = Math.floor(MAX_VIEW / 2);
+
+interface Live {
+  handle: object;
+  /** Window k covers [k * STRIDE, k * STRIDE + MAX_VIEW) of the mapping. */
+  windows: Map<number, ArrayBuffer>;
+  /** Buffers of views that fit no window, held weakly (unmap detaches those alive). */
+  exact: WeakRef<ArrayBuffer>[];
+}
+
+/**
+ * A memslot whose userspace_addr points into a mapping it does not own (a
+ * guest_memfd's own mapping) keeps it mapped: while the kernel holds that
+ * address, a munmap would let the next mmap (another VM's memory, the
+ * allocator's heap) land where the guest and KVM still write.
+ */
+export let retainMapping: (m: Mapping, user: string) => void;
+/** Drops a user; a mapping its owner gave up while in use is unmapped now. */
+export let releaseMapping: (m: Mapping, user: string) => void;
+/** The owner's unmap (GuestMemfd.close()): now, or when the last user lets go. */
+export let disownMapping: (m: Mapping) => void;
+
+export class Mapping implements Disposable {
+  #live: Live | null;
+  readonly address: bigint;
+  readonly length: number;
+  // Memslots using this mapping without owning it, by name; and whether the
+  // owner has let go (unmap when the last one is released).
+  readonly #users: string[] = [];
+  #disowned = false;
+
+  static {
+    retainMapping = (m, user) => {
+      m.#use('back a memslot');
+      m.#users.push(user);
+    };
+    releaseMapping = (m, user) => {
+      const i = m.#users.indexOf(user);
+      if (i >= 0) m.#users.splice(i, 1);
+      if (m.#users.length === 0 && m.#disowned) m.unmap();
+    };
+    disownMapping = (m) => {
+      m.#disowned = true;
+      if (m.#users.length === 0) m.unmap();
+    };
+  }
+
+  private constructor(m: { handle: object; buffer: ArrayBuffer; address: bigint }, length: number) {
+    this.#live = { handle: m.handle, windows: new Map([[0, m.buffer]]), exact: [] };
+    this.address = m.address;
+    this.length = length;
+  }
+
+  /** MAP_SHARED|MAP_ANONYMOUS read-write memory (shmem, so MADV_REMOVE frees it). */
+  static anonymousShared(length: U64Input): Mapping {
+    const len = mappingLength(length, 'Mapping.anonymousShared: length');
+    const m = native.mmap(-1, len, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS | Mmap.MAP_NORESERVE, 0, false);
+    return new Mapping(m, len);
+  }
+
+  /**
+   * MAP_SHARED read-write mapping of `fd` at `offset`. A range past the end
+   * of a regular file (RangeError), or a guest_memfd without 'mmap' and
+   * 'init-shared' (TypeError), is refused: touching such pages raises SIGBUS.
+   */
+  static sharedFile(fd: number, length: U64Input, offset: U64Input = 0): Mapping {
+    const len = mappingLength(length, 'Mapping.sharedFile: length');
+    const off = toU64(offset, 'Mapping.sharedFile: offset');
+    const m = native.mmap(fd, len, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED, off, true);
+    return new Mapping(m, len);
+  }
+
+  /** @internal A vCPU's kvm_run page (an anonymous inode: no file size to check). */
+  static vcpuRun(fd: number, length: number): Mapping {
+    const m = native.mmap(fd, length, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED, 0, false);
+    return new Mapping(m, length);
+  }
+
+  get unmapped(): boolean {
+    return this.#live === null;
+  }
+
+  #use(op: string): Live {
+    if (this.#live === null) throw new ClosedError('Mapping', op);
+    return this.#live;
+  }
+
+  /** The ArrayBuffer and the offset in it that hold [offset, offset + length). */
+  #locate(offset: number, length: number, op: string): [ArrayBuffer, number] {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
+      throw rangeError(`view [${offset}, ${offset + length}) is outside the mapping (length ${this.length})`);
+    }
+    const live = this.#use(op);
+    const first = live.windows.get(0) as ArrayBuffer;
+    if (offset + length <= first.byteLength) return [first, offset];
+    if (length > MAX_VIEW) {
+      throw rangeError(`a view is at most ${MAX_VIEW} bytes (buffer.constants.MAX_LENGTH); take several views of [${offset}, ${offset + length})`);
+    }
+    const k = Math.floor(offset / STRIDE);
+    const start = k * STRIDE;
+    if (offset + length <= start + MAX_VIEW) {
+      let w = live.windows.get(k);
+      if (w === undefined) {
+        w = native.mappingView(live.handle, start, Math.min(MAX_VIEW, this.length - start));
+        live.windows.set(k, w);
+      }
+      return [w, offset - start];
+    }
+    const b = native.mappingView(live.handle, offset, length);
+    if (live.exact.length >= 64) live.exact = live.exact.filter((r) => r.deref() !== undefined);
+    live.exact.push(new WeakRef(b));
+    return [b, 0];
+  }
+
+  /** A byte view of [offset, offset + length) of the mapping. */
+  bytes(offset = 0, length = this.length - offset): Uint8Array {
+    const [b, o] = this.#locate(offset, length, 'create a view');
+    return new Uint8Array(b, o, length);
+  }
+
+  /** A DataView of [offset, offset + length). */
+  dataView(offset = 0, length = this.length - offset): DataView {
+    const [b, o] = this.#locate(offset, length, 'create a view');
+    return new DataView(b, o, length);
+  }
+
+  /** madvise(MADV_REMOVE): frees the backing pages; they read as zero next. */
+  discard(offset: number, length: number): void {
+    native.madvise(this.#use('discard pages').handle, offset, length, Mmap.MADV_REMOVE);
+  }
+
+  /**
+   * Unmaps; every view detaches. Idempotent. Refused (MappingInUseError)
+   * while a memslot's userspace_addr points into it: delete those first.
+   */
+  unmap(): void {
+    const live = this.#live;
+    if (live === null) return;
+    if (this.#users.length > 0) throw new MappingInUseError(this.address, [...this.#users]);
+    const views = [...live.windows.values()];
+    for (const r of live.exact) {
+      const b = r.deref();
+      if (b !== undefined) views.push(b);
+    }
+    // A TypeError means nothing was done (a vCPU runner thread still uses
+    // this kvm_run page): the mapping stays live.
+    try {
+      native.munmap(live.handle, views);
+    } catch (e) {
+      if (!(e instanceof TypeError)) this.#live = null;
+      throw e;
+    }
+    this.#live = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+}
+
+function mappingLength(v: U64Input, name: string): number {
+  const n = toU64(v, name);
+  if (n === 0n || n > BigInt(Number.MAX_SAFE_INTEGER)) throw rangeError(`${name} must be 1..2^53-1 bytes, got ${n}`);
+  return Number(n);
+}

@@ -1,0 +1,196 @@
+// A vCPU (KVM_CREATE_VCPU) with its kvm_run page mapped. runSync() runs the
+// guest on the calling thread; run() runs it on a thread owned by this vCPU
+// and returns a Promise, with a deadline, an AbortSignal and kick() to bring
+// it back (the result is then an 'interrupted' exit).
+import { ClosedError, VcpuBusyError, withRequest } from '../errors.js';
+import { judgePreFault } from '../rules/vcpu.js';
+import { Mapping } from './mapping.js';
+import { native } from '../binding/native.js';
+import { FdResource } from '../binding/resource.js';
+import { readTimeoutMs, toU64, type U64Input } from '../args.js';
+import { Cap } from '../binding/uapi.js';
+import { decodeExit, type VcpuExit } from './vcpu-exit.js';
+import { type CpuidEntry, decodeRegs, decodeSregs, encodeCpuid, encodeRegs, encodeSregs, type Regs, REGS_SIZE, type Sregs, SREGS_SIZE } from './regs.js';
+
+export interface RunOptions {
+  /**
+   * Kick the guest out after this many milliseconds ('interrupted' exit
+   * with `deadline: true`): an integer 1..2^31-1; 0 or absent: no deadline.
+   * Anything else is a TypeError (code ERR_INVALID_ARG_TYPE for a
+   * non-number, ERR_INVALID_ARG_VALUE for a negative, fractional or too
+   * large number). The same in run() and runSync().
+   */
+  timeoutMs?: number;
+  /** Kick the guest out when aborted. */
+  signal?: AbortSignal;
+}
+
+/** What a vCPU needs from its VM. */
+export interface VcpuParent {
+  readonly fd: number;
+  adopt(child: Disposable): void;
+  forget(child: Disposable): void;
+  checkExtension(cap: number): number;
+}
+
+type RunnerHandle = object;
+
+export class Vcpu extends FdResource {
+  readonly #vm: VcpuParent;
+  readonly #run: Mapping | undefined;
+  readonly #runView: DataView | undefined;
+  readonly #runSync: ((timeoutMs?: number) => number | undefined) | undefined;
+  #runner: RunnerHandle | null = null;
+  #running = false;
+
+  /** @internal Use Vm.createVcpu(). */
+  constructor(
+    fd: number,
+    readonly id: number,
+    vm: VcpuParent,
+    mmapSize: number,
+  ) {
+    super(fd, 'Vcpu');
+    this.#vm = vm;
+    try {
+      this.#run = Mapping.vcpuRun(fd, mmapSize);
+      this.#runView = this.#run.dataView();
+      this.#runSync = native.runSyncBind(fd, this.#runView.buffer as ArrayBuffer);
+    } catch (e) {
+      // Nothing else was set up: close the fd (and the page, if mapped) so a
+      // retry of the same id does not meet EEXIST from a leaked vCPU.
+      this.close();
+      throw e;
+    }
+    vm.adopt(this);
+  }
+
+  /** True while run() is in flight. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  // The fd for a vCPU ioctl: refused while run() is in flight, because the
+  // kernel would block this thread on vcpu->mutex until the guest exits.
+  #idle(op: string): number {
+    const fd = this.use(op);
+    if (this.#running) throw new VcpuBusyError(this.id, op);
+    return fd;
+  }
+
+  getRegs(): Regs {
+    const b = new Uint8Array(REGS_SIZE);
+    native.getRegs(this.#idle('read registers'), b);
+    return decodeRegs(b);
+  }
+
+  setRegs(regs: Regs): void {
+    const b = encodeRegs(regs); // reads the caller's object before the fd is taken
+    native.setRegs(this.#idle('set registers'), b);
+  }
+
+  /** Reads the registers, lets `f` change them, writes them back. */
+  updateRegs(f: (r: Regs) => void): void {
+    const r = this.getRegs();
+    f(r);
+    this.setRegs(r);
+  }
+
+  getSregs(): Sregs {
+    const b = new Uint8Array(SREGS_SIZE);
+    native.getSregs(this.#idle('read special registers'), b);
+    return decodeSregs(b);
+  }
+
+  setSregs(sregs: Sregs): void {
+    const b = encodeSregs(sregs);
+    native.setSregs(this.#idle('set special registers'), b);
+  }
+
+  updateSregs(f: (s: Sregs) => void): void {
+    const s = this.getSregs();
+    f(s);
+    this.setSregs(s);
+  }
+
+  /** KVM_SET_CPUID2. A KVM with hardware checks refuses long mode without it. */
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    const b = encodeCpuid(entries);
+    native.setCpuid2(this.#idle('set CPUID'), b);
+  }
+
+  /** The kvm_run page (read-only use: exits are decoded for you). */
+  get runPage(): DataView {
+    this.use('read kvm_run');
+    return this.#runView as DataView;
+  }
+
+  /**
+   * KVM_RUN on this thread; blocks until the next exit. With timeoutMs > 0
+   * the guest is kicked out after that long (exit 'interrupted' with
+   * `deadline: true`); 0 or no timeoutMs: no deadline (as in run()).
+   */
+  runSync(options?: Pick<RunOptions, 'timeoutMs'>): VcpuExit {
+    const timeoutMs = readTimeoutMs(options?.timeoutMs, 'runSync');
+    this.#idle('run');
+    const run = this.#runSync as (timeoutMs?: number) => number | undefined;
+    const r = timeoutMs < 0 ? run() : run(timeoutMs);
+    return decodeExit(this.#runView as DataView, r ?? 0);
+  }
+
+  /**
+   * KVM_RUN on this vCPU's own thread; the event loop keeps running
+   * meanwhile. The deadline (timeoutMs > 0; 0 or absent: none, as in
+   * runSync()) is a timer of that thread: it holds while the event loop is
+   * busy and never fires early. To bring the guest out at once, kick().
+   */
+  async run(options: RunOptions = {}): Promise<VcpuExit> {
+    const timeoutMs = readTimeoutMs(options.timeoutMs, 'run');
+    const signal = options.signal;
+    this.#idle('run');
+    if (signal?.aborted) return { kind: 'interrupted', deadline: false };
+    this.#runner ??= native.runnerCreate(this.fd, (this.#runView as DataView).buffer as ArrayBuffer) as RunnerHandle;
+    const runner = this.#runner;
+    const kick = (): void => native.runnerKick(runner);
+    const pending = native.runnerRun(runner, timeoutMs);
+    this.#running = true;
+    signal?.addEventListener('abort', kick, { once: true });
+    try {
+      const r = await pending;
+      // close() during the run kicked the guest and unmapped kvm_run.
+      if (this.closed) throw new ClosedError('Vcpu', 'finish a run: the vCPU was closed while running');
+      return decodeExit(this.#runView as DataView, r);
+    } finally {
+      this.#running = false;
+      signal?.removeEventListener('abort', kick);
+    }
+  }
+
+  /** Makes an in-flight run() return an 'interrupted' exit now (no-op when idle). */
+  kick(): void {
+    if (this.#runner !== null && this.#running) native.runnerKick(this.#runner);
+  }
+
+  /**
+   * KVM_PRE_FAULT_MEMORY: maps [gpa, gpa + size) into the guest's page
+   * tables ahead of time. Partial progress returns the remainder.
+   */
+  preFaultMemory(range: { gpa: U64Input; size: U64Input }): { gpa: bigint; size: bigint } {
+    const gpa = toU64(range.gpa, 'preFaultMemory: gpa');
+    const size = toU64(range.size, 'preFaultMemory: size');
+    const fd = this.#idle('pre-fault memory');
+    judgePreFault({ ioctl: this.#vm.checkExtension(Cap.PRE_FAULT_MEMORY) > 0 }, { gpa, size });
+    const r = withRequest({ gpa, size, flags: 0 }, () => native.preFaultMemory(fd, gpa, size, 0));
+    return { gpa: BigInt(r.gpa), size: BigInt(r.size) };
+  }
+
+  // The runner thread is stopped (kicking a running guest) before the fd
+  // and the kvm_run mapping go away.
+  protected override beforeClose(): void {
+    if (this.#runner !== null) native.runnerDestroy(this.#runner);
+    this.#runner = null;
+    if (this.#runSync !== undefined) native.runSyncUnbind(this.#runSync);
+    this.#run?.unmap();
+    this.#vm.forget(this);
+  }
+}
