@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Command line of the test VM tool; after `tsc -p tsconfig.json`:
 //   node dist/tools/testvm/cli.js run [options] -- CMD ARGS...
-//   node dist/tools/testvm/cli.js kernel
-//   node dist/tools/testvm/cli.js build-kernel [--config-only] [--jobs N] [--keep-build-tree]
+//   node dist/tools/testvm/cli.js kernel [--kernel K]
+//   node dist/tools/testvm/cli.js build-kernel [--version 6.1|6.12|7.3] [--config-only] [--jobs N] [--keep-build-tree]
 import { buildKernel } from './build-kernel.js';
-import { resolveKernel, KERNEL_ENV_VAR } from './kernel.js';
+import path from 'node:path';
+import { BUILDABLE_SERIES, KERNEL_ENV_VAR, kernelLookupDirs, listKernels, matrixKernels, resolveKernel, type KernelChecksumState } from './kernel.js';
 import { defaultCacheDir } from './paths.js';
 import { runInTestVm, findBusybox, findQemu, TestVmToolMissingError } from './vm.js';
 
@@ -15,10 +16,15 @@ const USAGE = `usage:
       current directory). Exits with CMD's exit code; 2 on a tool error.
       The host's root filesystem is the guest's, read-only: write to /tmp or $TESTVM_WORK,
       or make DIR writable with --overlay DIR (copy-on-write; changes are discarded).
-  cli.js kernel
-      Prints which kernel image would be used and why.
-  cli.js build-kernel [--config-only] [--jobs N] [--keep-build-tree] [--cache-dir DIR]
-      Builds the image from Debian's linux-source-6.12 into ${defaultCacheDir()}.`;
+  cli.js kernel [--kernel K]
+      Lists every kernel image found (release, flavour, source, checksum; * marks the default)
+      and says which one run would boot (with --kernel K: which one K picks) and why.
+      Exits 0; 2 when no image is found.
+  cli.js build-kernel [--version 6.1|6.12|7.3] [--config-only] [--jobs N] [--keep-build-tree] [--cache-dir DIR]
+      Builds bzImage-<release>-<flavour> (gmem; nogmem for 6.1) from Debian's linux-source-<version>
+      (default 6.12) into ${defaultCacheDir()}; 7.3 is downloaded from trixie-backports
+      with its own apt sources file, nothing installed. --config-only stops after checking the .config.
+K is a path or a release prefix: 7.3, 6.1 (not 6.12), 6.12.117; $${KERNEL_ENV_VAR} takes the same.`;
 
 class UsageError extends Error {}
 
@@ -65,7 +71,7 @@ async function cmdRun(argv: string[]): Promise<void> {
     switch (a) {
       case '--kernel':
         kernel = next();
-        if (!kernel) throw new UsageError('--kernel needs a path');
+        if (!kernel) throw new UsageError('--kernel needs a path or a release (6.1, 6.12, 7.3)');
         break;
       case '--timeout':
         timeoutMs = positiveNumber('--timeout', next()) * 1000;
@@ -142,11 +148,45 @@ async function cmdRun(argv: string[]): Promise<void> {
   }
 }
 
-async function cmdKernel(): Promise<void> {
-  const k = await resolveKernel();
+const CHECKSUM_TEXT: Record<KernelChecksumState, string> = {
+  verified: 'checksum ok',
+  'no-checksum-file': 'no .sha256',
+  mismatch: 'CHECKSUM MISMATCH',
+  'bad-checksum-file': 'bad .sha256',
+  'not-checked': 'not checked',
+};
+
+async function cmdKernel(argv: string[]): Promise<void> {
+  let kernel: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--kernel') {
+      kernel = argv[++i];
+      if (!kernel) throw new UsageError('--kernel needs a path or a release (6.1, 6.12, 7.3, 7.3.4)');
+    } else throw new UsageError(`unknown option ${a}`);
+  }
+  const dirs = kernelLookupDirs();
+  const all = await listKernels();
+  const out: string[] = [];
+  if (all.length > 0) {
+    out.push('Test VM kernels found (* = the default, used when neither --kernel nor $' + KERNEL_ENV_VAR + ' is given):');
+    const cols = all.map((k) => [k.default ? '*' : ' ', k.release || '?', k.flavour || '-', k.source, CHECKSUM_TEXT[k.checksum], k.path]);
+    const widths = [0, 1, 2, 3, 4].map((c) => Math.max(...cols.map((r) => r[c]!.length)));
+    for (const r of cols) out.push(`  ${r.map((v, c) => (c < 5 ? v.padEnd(widths[c]!) : v)).join('  ')}`);
+    for (const k of all) if (k.checksumDetail) out.push(`    ${path.basename(k.path)}: ${k.checksumDetail}`);
+    const matrix = await matrixKernels({ verify: false });
+    out.push(`  matrix (one per series, as --kernel SERIES picks): ${matrix.map((m) => `${m.series} -> ${m.release}`).join(', ')}`);
+  }
+  out.push(`  looked in: ${[...dirs.sharedDirs, dirs.cacheDir].join(', ')}`);
+  // With none found, resolveKernel throws KernelNotFoundError (every place looked at, how to build one): exit 2.
+  if (all.length > 0) process.stdout.write(`${out.join('\n')}\n\n`);
+
+  const k = await resolveKernel(kernel !== undefined ? { kernel } : {});
+  const by = kernel !== undefined ? `--kernel ${kernel}` : process.env[KERNEL_ENV_VAR] ? `$${KERNEL_ENV_VAR}=${process.env[KERNEL_ENV_VAR]}` : 'default';
   process.stdout.write(
-    `${k.path}\n  source: ${k.source} (${k.reason})\n  checksum: ${k.checksum === 'verified' ? 'matches its .sha256' : 'no .sha256 file beside it'}\n` +
-      `  lookup order (option, $${KERNEL_ENV_VAR}, prebuilt beside the repo, cache):\n` +
+    `${by} picks ${k.path}\n  release ${k.release || 'unknown'}, flavour ${k.flavour || 'none'}\n  why: ${k.reason}\n` +
+      `  checksum: ${k.checksum === 'verified' ? 'matches its .sha256' : 'no .sha256 file beside it'}\n` +
+      `  lookup order (option, $${KERNEL_ENV_VAR}, prebuilt beside the repo, cache; a release looks at all of them):\n` +
       k.looked.map((l) => `    ${l}`).join('\n') +
       '\n',
   );
@@ -163,11 +203,18 @@ async function cmdKernel(): Promise<void> {
 async function cmdBuildKernel(argv: string[]): Promise<void> {
   let jobs: number | undefined;
   let cacheDir: string | undefined;
+  let version: string | undefined;
   let configOnly = false;
   let keepBuildTree = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     switch (a) {
+      case '--version':
+        version = argv[++i];
+        if (!version || !(BUILDABLE_SERIES as readonly string[]).includes(version)) {
+          throw new UsageError(`--version needs one of ${BUILDABLE_SERIES.join(', ')}, got ${version ?? 'nothing'}`);
+        }
+        break;
       case '--jobs':
       case '-j':
         jobs = positiveInt(a, argv[++i]);
@@ -189,6 +236,7 @@ async function cmdBuildKernel(argv: string[]): Promise<void> {
   const res = await buildKernel({
     stopAfter: configOnly ? 'config' : 'image',
     keepBuildTree,
+    ...(version !== undefined && { version }),
     ...(jobs !== undefined && { jobs }),
     ...(cacheDir !== undefined && { cacheDir }),
   });
@@ -201,7 +249,7 @@ async function main(argv: string[]): Promise<void> {
     case 'run':
       return cmdRun(rest);
     case 'kernel':
-      return cmdKernel();
+      return cmdKernel(rest);
     case 'build-kernel':
       return cmdBuildKernel(rest);
     case '-h':

@@ -38,15 +38,18 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(base, 'kvm-gmem', 'testvm');
 }
 
-/** Directories the tool looks in for a prebuilt image: `<repo>/../shared/testvm`, also via the real path. */
+/**
+ * Directories the tool looks in for prebuilt images, in order: `<repo>/../shared/testvm` (the default 6.12 image)
+ * and its `matrix/` subfolder (the other releases), then the same two via the repository's real path when that differs.
+ */
 export function sharedKernelDirs(repoRoot: string): string[] {
-  const dirs = [path.resolve(repoRoot, '..', 'shared', 'testvm')];
+  const bases = [path.resolve(repoRoot, '..', 'shared', 'testvm')];
   try {
-    dirs.push(path.resolve(realpathSync(repoRoot), '..', 'shared', 'testvm'));
+    bases.push(path.resolve(realpathSync(repoRoot), '..', 'shared', 'testvm'));
   } catch {
-    // repoRoot missing: the first entry still names the place looked at
+    // repoRoot missing: the first entries still name the places looked at
   }
-  return [...new Set(dirs)];
+  return [...new Set(bases.flatMap((b) => [b, path.join(b, 'matrix')]))];
 }
 
 /** The directories of $PATH plus the standard system ones, in that order, without duplicates. */

@@ -1,0 +1,243 @@
+#!/usr/bin/env node
+// The test-VM matrix (npm run test:vm): the whole vitest suite
+// (vitest.vm.config.ts: every file `npm test` runs) inside each test kernel
+// of the matrix (6.1, 6.12, 7.3), one VM per kernel, one after another; per
+// kernel the release, wall time and passed/failed/skipped counts, then a
+// summary table. Exits 1 if any kernel failed (tests, skip guard, timeout,
+// crash, or an image of the matrix missing), 2 on a usage error.
+//
+//   node dist/tools/testvm/matrix.js [--kernel 7.3]... [--timeout S] [-- VITEST ARGS...]
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { BUILDABLE_SERIES, matrixKernels, type MatrixKernel, releaseMatches } from './kernel.js';
+import { findRepoRoot } from './paths.js';
+import { runInTestVm, TestVmCrashError, TestVmTimeoutError } from './vm.js';
+
+const USAGE = `usage: matrix.js [--kernel SERIES]... [--timeout S] [--cpus N] [-- VITEST ARGS...]
+  Runs vitest (vitest.vm.config.ts) in the test VM once per kernel of the matrix
+  (${BUILDABLE_SERIES.join(', ')}), or only those given with --kernel (a release prefix: 7.3, 6.1, 6.12.117).
+  --timeout S   limit per kernel (default 1200 s)
+  --cpus N      guest CPUs (default 1: two crashed the guest under TCG, see README)
+  Arguments after -- go to vitest (e.g. test/memslots.test.ts).`;
+
+/** What the skip guard (test/support/vm-skip-guard.ts) writes into the work share. */
+interface RunSummary {
+  release: string;
+  passed: number;
+  failed: number;
+  skipped: number;
+  unjustified: string[];
+  failedTests: string[];
+  failedModules: string[];
+}
+
+export interface KernelResult {
+  series: string;
+  release: string;
+  image: string;
+  ok: boolean;
+  wallMs: number;
+  exitCode: number | undefined;
+  summary: RunSummary | undefined;
+  /** Why it failed, when it did. */
+  problem: string | undefined;
+}
+
+export interface MatrixOptions {
+  kernels?: string[];
+  timeoutMs?: number;
+  cpus?: number;
+  vitestArgs?: string[];
+  repoRoot?: string;
+  write?: (s: string) => void;
+  /** Aborting kills the running VM and fails the kernels not yet run. */
+  signal?: AbortSignal;
+}
+
+const secs = (ms: number): string => `${(ms / 1000).toFixed(0)} s`;
+
+async function runOne(k: MatrixKernel, o: Required<Omit<MatrixOptions, 'kernels' | 'signal'>> & { signal: AbortSignal | undefined }): Promise<KernelResult> {
+  const res: KernelResult = {
+    series: k.series,
+    release: k.release,
+    image: k.path,
+    ok: false,
+    wallMs: 0,
+    exitCode: undefined,
+    summary: undefined,
+    problem: undefined,
+  };
+  const started = Date.now();
+  let workDir: string | undefined;
+  try {
+    const r = await runInTestVm({
+      kernel: k.path,
+      cwd: o.repoRoot,
+      overlay: [o.repoRoot],
+      cpus: o.cpus,
+      timeoutMs: o.timeoutMs,
+      keepWorkDir: true,
+      ...(o.signal && { signal: o.signal }),
+      command: ['node', 'node_modules/vitest/vitest.mjs', 'run', '--config', 'vitest.vm.config.ts', ...o.vitestArgs],
+      onOutput: (chunk) => o.write(chunk),
+    });
+    workDir = r.workDir;
+    res.wallMs = r.wallMs;
+    res.exitCode = r.exitCode;
+    try {
+      res.summary = JSON.parse(readFileSync(path.join(r.workDir ?? '', 'vitest-summary.json'), 'utf8')) as RunSummary;
+    } catch {
+      res.problem = 'vitest wrote no summary (it did not reach the end of its run)';
+    }
+    if (r.exitCode !== 0) res.problem ??= `vitest exited with ${r.exitCode}`;
+    res.ok = r.exitCode === 0 && res.summary !== undefined;
+  } catch (e) {
+    res.wallMs = Date.now() - started;
+    res.problem =
+      e instanceof TestVmTimeoutError
+        ? `timed out after ${secs(o.timeoutMs)}`
+        : e instanceof TestVmCrashError
+          ? `the VM crashed: ${e.message.split('\n')[0] ?? ''}`
+          : `${(e as Error).message.split('\n')[0] ?? String(e)}`;
+  } finally {
+    if (workDir) rmSync(workDir, { recursive: true, force: true });
+  }
+  return res;
+}
+
+function line(r: KernelResult): string {
+  const s = r.summary;
+  const counts = s ? `${s.passed} passed, ${s.failed} failed, ${s.skipped} skipped` : 'no counts';
+  return `${r.ok ? 'PASS' : 'FAIL'}  Linux ${r.release} (${path.basename(r.image)}): ${secs(r.wallMs)}, ${counts}${r.problem ? `; ${r.problem}` : ''}`;
+}
+
+function table(results: readonly KernelResult[]): string {
+  const rows = [
+    ['kernel', 'result', 'wall', 'passed', 'failed', 'skipped', 'bad skips'],
+    ...results.map((r) => [
+      r.release,
+      r.ok ? 'pass' : 'FAIL',
+      r.wallMs ? secs(r.wallMs) : '-',
+      ...(r.summary ? [r.summary.passed, r.summary.failed, r.summary.skipped, r.summary.unjustified.length].map(String) : ['-', '-', '-', '-']),
+    ]),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+/** Runs the matrix; resolves with one result per kernel (a missing series is a failed result). */
+export async function runMatrix(opts: MatrixOptions = {}): Promise<KernelResult[]> {
+  const o = {
+    timeoutMs: opts.timeoutMs ?? 1_200_000,
+    cpus: opts.cpus ?? 1,
+    vitestArgs: opts.vitestArgs ?? [],
+    repoRoot: opts.repoRoot ?? findRepoRoot(),
+    write: opts.write ?? ((s: string) => void process.stdout.write(s)),
+    signal: opts.signal,
+  };
+  const found = await matrixKernels();
+  const wanted = opts.kernels?.length ? opts.kernels : [...BUILDABLE_SERIES];
+  const results: KernelResult[] = [];
+  const plan: MatrixKernel[] = [];
+  for (const sel of wanted) {
+    const k = found.filter((x) => releaseMatches(x.release, sel)).at(-1);
+    if (!k) {
+      const have = found.map((x) => x.release).join(', ') || 'none';
+      results.push({
+        series: sel,
+        release: sel,
+        image: '(none)',
+        ok: false,
+        wallMs: 0,
+        exitCode: undefined,
+        summary: undefined,
+        problem: `no image for ${sel} (found: ${have})`,
+      });
+    } else if (k.checksum === 'mismatch' || k.checksum === 'bad-checksum-file') {
+      results.push({
+        series: sel,
+        release: k.release,
+        image: k.path,
+        ok: false,
+        wallMs: 0,
+        exitCode: undefined,
+        summary: undefined,
+        problem: `checksum: ${k.checksumDetail ?? k.checksum}`,
+      });
+    } else if (!plan.includes(k)) plan.push(k);
+  }
+  for (const k of plan) {
+    if (o.signal?.aborted) {
+      results.push({
+        series: k.series,
+        release: k.release,
+        image: k.path,
+        ok: false,
+        wallMs: 0,
+        exitCode: undefined,
+        summary: undefined,
+        problem: 'not run (interrupted)',
+      });
+      continue;
+    }
+    o.write(`\n==== test VM: Linux ${k.release} (${k.path}) ====\n`);
+    const r = await runOne(k, o);
+    results.push(r);
+    o.write(`\n${line(r)}\n`);
+    for (const t of r.summary?.failedTests ?? []) o.write(`  failed: ${t}\n`);
+    for (const t of r.summary?.failedModules ?? []) o.write(`  failed file: ${t}\n`);
+    for (const t of r.summary?.unjustified ?? []) o.write(`  bad skip: ${t}\n`);
+  }
+  o.write(`\n==== test VM matrix ====\n${table(results)}\n`);
+  return results;
+}
+
+class UsageError extends Error {}
+
+function parse(argv: string[]): MatrixOptions {
+  const o: MatrixOptions = { kernels: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new UsageError(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--') {
+      o.vitestArgs = argv.slice(i + 1);
+      break;
+    } else if (a === '--kernel') o.kernels!.push(...value().split(','));
+    else if (a === '--timeout' || a === '--cpus') {
+      const n = Number(value());
+      if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${a} needs a positive integer`);
+      if (a === '--timeout') o.timeoutMs = n * 1000;
+      else o.cpus = n;
+    } else if (a === '-h' || a === '--help') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else throw new UsageError(`unknown option ${a}`);
+  }
+  return o;
+}
+
+// Run as a command (not when imported).
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
+  let opts: MatrixOptions;
+  try {
+    opts = parse(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`matrix: ${(e as Error).message}\n${USAGE}\n`);
+    process.exit(2);
+  }
+  const ac = new AbortController();
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => ac.abort(new Error(`interrupted by ${sig}`)));
+  runMatrix({ ...opts, signal: ac.signal }).then(
+    (results) => {
+      process.exitCode = results.every((r) => r.ok) ? 0 : 1;
+    },
+    (e: unknown) => {
+      process.stderr.write(`matrix: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exitCode = 2;
+    },
+  );
+}
