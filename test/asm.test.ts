@@ -1,4 +1,4 @@
-// The x86 emitter (lib/guest/asm.ts) checked byte for byte against GNU as.
+// The x86 emitter (lib/x86/asm.ts) checked byte for byte against GNU as.
 //
 // For each mode, every case is written twice: as GNU as Intel-syntax source
 // and as emitter calls. All cases of a mode go into one .s file (each after a
@@ -27,14 +27,12 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  Assembler, AsmError, mem, offset, REG8, REG8_HIGH, REG16, REG32, REG64,
-  type Bits, type MemAddress, type MemSize, type Reg,
-} from '../lib/guest/asm.js';
+import { gate, needs } from './helpers.js';
+import { Assembler, AsmError, mem, offset, REG8, REG8_HIGH, REG16, REG32, REG64, type Bits, type MemAddress, type MemSize, type Reg } from '../lib/x86/asm.js';
 
-const hasTool = (cmd: string): boolean => spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
 // ld and nm come with as in binutils; they are only used to place and split the output.
-const hasAs = ['as', 'ld', 'objcopy', 'nm'].every(hasTool);
+const binutils = gate(needs.all('binutils (as, ld, objcopy, nm) on PATH', ...['as', 'ld', 'objcopy', 'nm'].map((t) => needs.tool(t))));
+const hasAs = binutils.met;
 
 type Build = (a: Assembler) => unknown;
 interface Case {
@@ -62,8 +60,22 @@ const MOV_IMM: Record<MemSize, (number | bigint)[]> = {
   16: [0, 0x7f, 0x80, -0x80, -0x81, 0x7fff, 0x8000, 0xffff, -1, -0x8000],
   32: [0, 0x7f, 0x80, -0x80, -0x81, 0x7fffffff, 0x80000000, 0xffffffff, -1, -0x80000000],
   64: [
-    0, 0x7f, 0x80, -0x80, -0x81, 0x7fffffff, 0x80000000, 0xffffffff, 2 ** 32, -1, -0x80000000, -0x80000001,
-    0x7fffffffffffffffn, 0xffffffffffffffffn, -0x8000000000000000n, 0x123456789abcdef0n,
+    0,
+    0x7f,
+    0x80,
+    -0x80,
+    -0x81,
+    0x7fffffff,
+    0x80000000,
+    0xffffffff,
+    2 ** 32,
+    -1,
+    -0x80000000,
+    -0x80000001,
+    0x7fffffffffffffffn,
+    0xffffffffffffffffn,
+    -0x8000000000000000n,
+    0x123456789abcdef0n,
   ],
 };
 const ALU_IMM: Record<MemSize, (number | bigint)[]> = {
@@ -77,21 +89,37 @@ const ALU_IMM: Record<MemSize, (number | bigint)[]> = {
 function addressForms(bits: Bits): [string, MemAddress][] {
   const f = (s: string, a: MemAddress): [string, MemAddress] => [s, a];
   const legacy16 = [
-    f('[bx]', { base: 'bx' }), f('[bp]', { base: 'bp' }), f('[si]', { base: 'si' }), f('[di]', { base: 'di' }),
-    f('[bx+si]', { base: 'bx', index: 'si' }), f('[bx+di]', { base: 'bx', index: 'di' }),
-    f('[bp+si]', { base: 'bp', index: 'si' }), f('[bp+di]', { base: 'bp', index: 'di' }),
-    f('[bx+0x7f]', { base: 'bx', disp: 0x7f }), f('[bp-0x80]', { base: 'bp', disp: -0x80 }),
-    f('[si+0x80]', { base: 'si', disp: 0x80 }), f('[di-0x81]', { base: 'di', disp: -0x81 }),
-    f('[bx+si+0x1234]', { base: 'bx', index: 'si', disp: 0x1234 }), f('[bp+di-0x2]', { base: 'bp', index: 'di', disp: -2 }),
+    f('[bx]', { base: 'bx' }),
+    f('[bp]', { base: 'bp' }),
+    f('[si]', { base: 'si' }),
+    f('[di]', { base: 'di' }),
+    f('[bx+si]', { base: 'bx', index: 'si' }),
+    f('[bx+di]', { base: 'bx', index: 'di' }),
+    f('[bp+si]', { base: 'bp', index: 'si' }),
+    f('[bp+di]', { base: 'bp', index: 'di' }),
+    f('[bx+0x7f]', { base: 'bx', disp: 0x7f }),
+    f('[bp-0x80]', { base: 'bp', disp: -0x80 }),
+    f('[si+0x80]', { base: 'si', disp: 0x80 }),
+    f('[di-0x81]', { base: 'di', disp: -0x81 }),
+    f('[bx+si+0x1234]', { base: 'bx', index: 'si', disp: 0x1234 }),
+    f('[bp+di-0x2]', { base: 'bp', index: 'di', disp: -2 }),
   ];
   const legacy32 = [
-    f('[eax]', { base: 'eax' }), f('[ecx]', { base: 'ecx' }), f('[esp]', { base: 'esp' }), f('[ebp]', { base: 'ebp' }),
-    f('[esi]', { base: 'esi' }), f('[eax+0x7f]', { base: 'eax', disp: 0x7f }), f('[ebp-0x80]', { base: 'ebp', disp: -0x80 }),
-    f('[esp+0x80]', { base: 'esp', disp: 0x80 }), f('[edi-0x81]', { base: 'edi', disp: -0x81 }),
+    f('[eax]', { base: 'eax' }),
+    f('[ecx]', { base: 'ecx' }),
+    f('[esp]', { base: 'esp' }),
+    f('[ebp]', { base: 'ebp' }),
+    f('[esi]', { base: 'esi' }),
+    f('[eax+0x7f]', { base: 'eax', disp: 0x7f }),
+    f('[ebp-0x80]', { base: 'ebp', disp: -0x80 }),
+    f('[esp+0x80]', { base: 'esp', disp: 0x80 }),
+    f('[edi-0x81]', { base: 'edi', disp: -0x81 }),
     f('[ebx+0x12345678]', { base: 'ebx', disp: 0x12345678 }),
     f('[ecx+edx*4+0x10]', { base: 'ecx', index: 'edx', scale: 4, disp: 0x10 }),
-    f('[esp+eax*8]', { base: 'esp', index: 'eax', scale: 8 }), f('[ebp+esi]', { base: 'ebp', index: 'esi' }),
-    f('[edx*8]', { index: 'edx', scale: 8 }), f('[ebx*1+0x20]', { index: 'ebx', disp: 0x20 }),
+    f('[esp+eax*8]', { base: 'esp', index: 'eax', scale: 8 }),
+    f('[ebp+esi]', { base: 'ebp', index: 'esi' }),
+    f('[edx*8]', { index: 'edx', scale: 8 }),
+    f('[ebx*1+0x20]', { index: 'ebx', disp: 0x20 }),
   ];
   if (bits === 16) {
     return [f('[0x1000]', { disp: 0x1000 }), f('[0xfffe]', { disp: 0xfffe }), ...legacy16, ...legacy32.slice(0, 4), ...legacy32.slice(10, 14)];
@@ -100,19 +128,30 @@ function addressForms(bits: Bits): [string, MemAddress][] {
     return [f('[0x1000]', { disp: 0x1000 }), f('[0xfffffff0]', { disp: 0xfffffff0 }), ...legacy32, ...legacy16.slice(0, 2), legacy16[6]!, legacy16[12]!];
   }
   return [
-    f('[0x1000]', { disp: 0x1000 }), f('[0x7ffffff0]', { disp: 0x7ffffff0 }),
+    f('[0x1000]', { disp: 0x1000 }),
+    f('[0x7ffffff0]', { disp: 0x7ffffff0 }),
     ...REG64.map((r) => f(`[${r}]`, { base: r })),
     ...REG64.map((r) => f(`[${r}+0x10]`, { base: r, disp: 0x10 })),
     ...REG64.map((r) => f(`[${r}-0x1000]`, { base: r, disp: -0x1000 })),
-    f('[rax+0x7f]', { base: 'rax', disp: 0x7f }), f('[rax-0x80]', { base: 'rax', disp: -0x80 }),
-    f('[rax+0x80]', { base: 'rax', disp: 0x80 }), f('[rax-0x81]', { base: 'rax', disp: -0x81 }),
-    f('[rbp+0x12345678]', { base: 'rbp', disp: 0x12345678 }), f('[r13-0x80000000]', { base: 'r13', disp: -0x80000000 }),
-    f('[rbx+rcx*8+0x10]', { base: 'rbx', index: 'rcx', scale: 8, disp: 0x10 }), f('[rcx*4]', { index: 'rcx', scale: 4 }),
-    f('[rcx*1]', { index: 'rcx' }), f('[r8+r9*4-0x8]', { base: 'r8', index: 'r9', scale: 4, disp: -8 }),
-    f('[rsp+r12*2]', { base: 'rsp', index: 'r12', scale: 2 }), f('[r13+rbp]', { base: 'r13', index: 'rbp' }),
-    f('[r12+r13*8+0x100]', { base: 'r12', index: 'r13', scale: 8, disp: 0x100 }), f('[r15*2+0x4]', { index: 'r15', scale: 2, disp: 4 }),
-    f('[eax]', { base: 'eax' }), f('[eax+ebx*2+0x4]', { base: 'eax', index: 'ebx', scale: 2, disp: 4 }),
-    f('[r8d]', { base: 'r8d' }), f('[esp]', { base: 'esp' }), f('[r13d+0x1]', { base: 'r13d', disp: 1 }),
+    f('[rax+0x7f]', { base: 'rax', disp: 0x7f }),
+    f('[rax-0x80]', { base: 'rax', disp: -0x80 }),
+    f('[rax+0x80]', { base: 'rax', disp: 0x80 }),
+    f('[rax-0x81]', { base: 'rax', disp: -0x81 }),
+    f('[rbp+0x12345678]', { base: 'rbp', disp: 0x12345678 }),
+    f('[r13-0x80000000]', { base: 'r13', disp: -0x80000000 }),
+    f('[rbx+rcx*8+0x10]', { base: 'rbx', index: 'rcx', scale: 8, disp: 0x10 }),
+    f('[rcx*4]', { index: 'rcx', scale: 4 }),
+    f('[rcx*1]', { index: 'rcx' }),
+    f('[r8+r9*4-0x8]', { base: 'r8', index: 'r9', scale: 4, disp: -8 }),
+    f('[rsp+r12*2]', { base: 'rsp', index: 'r12', scale: 2 }),
+    f('[r13+rbp]', { base: 'r13', index: 'rbp' }),
+    f('[r12+r13*8+0x100]', { base: 'r12', index: 'r13', scale: 8, disp: 0x100 }),
+    f('[r15*2+0x4]', { index: 'r15', scale: 2, disp: 4 }),
+    f('[eax]', { base: 'eax' }),
+    f('[eax+ebx*2+0x4]', { base: 'eax', index: 'ebx', scale: 2, disp: 4 }),
+    f('[r8d]', { base: 'r8d' }),
+    f('[esp]', { base: 'esp' }),
+    f('[r13d+0x1]', { base: 'r13d', disp: 1 }),
   ];
 }
 
@@ -226,7 +265,11 @@ function generate(bits: Bits): Case[] {
   });
 
   // absolute label addresses and (64-bit) RIP-relative operands; `t` is defined after the instruction
-  const t = (gas: string, build: Build): void => add(`${gas}\nt:`, (a) => { build(a); a.label('t'); });
+  const t = (gas: string, build: Build): void =>
+    add(`${gas}\nt:`, (a) => {
+      build(a);
+      a.label('t');
+    });
   t('mov eax, DWORD PTR [t]', (a) => a.mov('eax', mem(32, { label: 't' })));
   t('mov ecx, DWORD PTR [t+0x4]', (a) => a.mov('ecx', mem(32, { label: 't', disp: 4 })));
   t('mov DWORD PTR [t], 0x1', (a) => a.mov(mem(32, { label: 't' }), 1));
@@ -272,8 +315,16 @@ function generate(bits: Bits): Case[] {
     add(`push ${r}`, (a) => a.push(r));
     add(`pop ${r}`, (a) => a.pop(r));
   }
-  const pushImm: (number | bigint)[] = [0, 0x7f, 0x80, -0x80, -0x81, 0x7fff, -1,
-    ...(bits === 16 ? [0x8000, 0xffff] : bits === 32 ? [0x7fffffff, 0x80000000, 0xffffffff] : [0x7fffffff, -0x80000000, 0xffffffffffffffffn])];
+  const pushImm: (number | bigint)[] = [
+    0,
+    0x7f,
+    0x80,
+    -0x80,
+    -0x81,
+    0x7fff,
+    -1,
+    ...(bits === 16 ? [0x8000, 0xffff] : bits === 32 ? [0x7fffffff, 0x80000000, 0xffffffff] : [0x7fffffff, -0x80000000, 0xffffffffffffffffn]),
+  ];
   for (const v of pushImm) add(`push ${hex(v)}`, (a) => a.push(v));
 
   // branches: rel8 at the edge of its range, one byte past it, backwards and forwards
@@ -285,13 +336,16 @@ function generate(bits: Bits): Case[] {
   add('call t\nt:', (a) => a.call('t').label('t'));
   add('t:\n.fill 200, 1, 0\ncall t', (a) => a.label('t').db(new Uint8Array(200)).call('t'));
   // growing the second jump pushes the first out of rel8 range: sizes must be iterated
-  add('jmp u\njmp t\n.fill 124, 1, 0\nu:\n.fill 4, 1, 0\nt:', (a) =>
-    a.jmp('u').jmp('t').db(new Uint8Array(124)).label('u').db(new Uint8Array(4)).label('t'));
+  add('jmp u\njmp t\n.fill 124, 1, 0\nu:\n.fill 4, 1, 0\nt:', (a) => a.jmp('u').jmp('t').db(new Uint8Array(124)).label('u').db(new Uint8Array(4)).label('t'));
   const far = bits === 16 ? 30000 : 40000;
   add(`jmp t\nje t\n.fill ${far}, 1, 0\nt:\ncall t`, (a) => a.jmp('t').je('t').db(new Uint8Array(far)).label('t').call('t'));
 
   // port I/O
-  for (const [r, port] of [['al', 0], ['ax', 0xff], ['eax', 0x80]] as const) {
+  for (const [r, port] of [
+    ['al', 0],
+    ['ax', 0xff],
+    ['eax', 0x80],
+  ] as const) {
     add(`out ${hex(port)}, ${r}`, (a) => a.out(port, r));
     add(`out dx, ${r}`, (a) => a.out('dx', r));
     add(`in ${r}, ${hex(port)}`, (a) => a.in(r, port));
@@ -350,7 +404,8 @@ function generate(bits: Bits): Case[] {
 
   // whole snippets of the kind the guest builders will write
   if (bits === 16) {
-    add(`cli
+    add(
+      `cli
 lgdt [gdtr]
 mov eax, cr0
 or eax, 0x1
@@ -372,14 +427,37 @@ gdt:
 .quad 0x0, 0xcf9a000000ffff, 0xcf92000000ffff
 gdtr:
 .word 0x17
-.long gdt`, (a) => a
-      .cli().lgdt(mem(16, { label: 'gdtr' })).mov('eax', 'cr0').or('eax', 1).mov('cr0', 'eax').ljmp(8, 'pm32', 32)
-      .code(32).label('pm32').mov('ax', 0x10).mov('ds', 'ax').mov('es', 'ax').mov('ss', 'ax').mov('esp', 0x90000)
-      .mov('dx', 0x3f8).mov('al', 0x41).out('dx', 'al').hlt()
-      .align(8, 0xcc).label('gdt').dq([0, 0xcf9a000000ffffn, 0xcf92000000ffffn]).label('gdtr').dw([0x17]).dd(['gdt']));
+.long gdt`,
+      (a) =>
+        a
+          .cli()
+          .lgdt(mem(16, { label: 'gdtr' }))
+          .mov('eax', 'cr0')
+          .or('eax', 1)
+          .mov('cr0', 'eax')
+          .ljmp(8, 'pm32', 32)
+          .code(32)
+          .label('pm32')
+          .mov('ax', 0x10)
+          .mov('ds', 'ax')
+          .mov('es', 'ax')
+          .mov('ss', 'ax')
+          .mov('esp', 0x90000)
+          .mov('dx', 0x3f8)
+          .mov('al', 0x41)
+          .out('dx', 'al')
+          .hlt()
+          .align(8, 0xcc)
+          .label('gdt')
+          .dq([0, 0xcf9a000000ffffn, 0xcf92000000ffffn])
+          .label('gdtr')
+          .dw([0x17])
+          .dd(['gdt']),
+    );
   }
   if (bits === 32) {
-    add(`mov eax, cr4
+    add(
+      `mov eax, cr4
 or eax, 0x20
 mov cr4, eax
 mov eax, 0x1000
@@ -408,16 +486,45 @@ out dx, al
 vmcall
 hlt
 counter:
-.quad 0x0`, (a) => a
-      .mov('eax', 'cr4').or('eax', 0x20).mov('cr4', 'eax').mov('eax', 0x1000).mov('cr3', 'eax')
-      .mov('ecx', 0xc0000080).rdmsr().or('eax', 0x100).wrmsr()
-      .mov('eax', 'cr0').or('eax', 0x80000001).mov('cr0', 'eax').ljmp(8, 'lm64')
-      .code(64).label('lm64').mov('rsp', 0x200000).mov('rax', 0x123456789).mov(mem(64, { rip: 'counter' }), 'rax')
-      .mov('rcx', 0x10).label('loop_top').inc(mem(64, { rip: 'counter' })).dec('rcx').jnz('loop_top')
-      .mov('dx', 0x3f8).mov('al', 0x41).out('dx', 'al').vmcall().hlt().label('counter').dq([0]), true);
+.quad 0x0`,
+      (a) =>
+        a
+          .mov('eax', 'cr4')
+          .or('eax', 0x20)
+          .mov('cr4', 'eax')
+          .mov('eax', 0x1000)
+          .mov('cr3', 'eax')
+          .mov('ecx', 0xc0000080)
+          .rdmsr()
+          .or('eax', 0x100)
+          .wrmsr()
+          .mov('eax', 'cr0')
+          .or('eax', 0x80000001)
+          .mov('cr0', 'eax')
+          .ljmp(8, 'lm64')
+          .code(64)
+          .label('lm64')
+          .mov('rsp', 0x200000)
+          .mov('rax', 0x123456789)
+          .mov(mem(64, { rip: 'counter' }), 'rax')
+          .mov('rcx', 0x10)
+          .label('loop_top')
+          .inc(mem(64, { rip: 'counter' }))
+          .dec('rcx')
+          .jnz('loop_top')
+          .mov('dx', 0x3f8)
+          .mov('al', 0x41)
+          .out('dx', 'al')
+          .vmcall()
+          .hlt()
+          .label('counter')
+          .dq([0]),
+      true,
+    );
   }
   if (is64) {
-    add(`mov rdi, 0x1000
+    add(
+      `mov rdi, 0x1000
 xor ecx, ecx
 mov rax, 0x83
 fill_loop:
@@ -431,10 +538,26 @@ mov ecx, 0xc0000080
 rdmsr
 or eax, 0x100
 wrmsr
-hlt`, (a) => a
-      .mov('rdi', 0x1000).xor('ecx', 'ecx').mov('rax', 0x83).label('fill_loop')
-      .mov(mem(64, { base: 'rdi', index: 'rcx', scale: 8 }), 'rax').add('rax', 0x200000).inc('rcx').cmp('rcx', 0x200)
-      .jb('fill_loop').mov('cr3', 'rdi').mov('ecx', 0xc0000080).rdmsr().or('eax', 0x100).wrmsr().hlt(), true);
+hlt`,
+      (a) =>
+        a
+          .mov('rdi', 0x1000)
+          .xor('ecx', 'ecx')
+          .mov('rax', 0x83)
+          .label('fill_loop')
+          .mov(mem(64, { base: 'rdi', index: 'rcx', scale: 8 }), 'rax')
+          .add('rax', 0x200000)
+          .inc('rcx')
+          .cmp('rcx', 0x200)
+          .jb('fill_loop')
+          .mov('cr3', 'rdi')
+          .mov('ecx', 0xc0000080)
+          .rdmsr()
+          .or('eax', 0x100)
+          .wrmsr()
+          .hlt(),
+      true,
+    );
   }
   return out;
 }
@@ -443,7 +566,10 @@ hlt`, (a) => a
 // Running GNU as
 
 const BASE: Record<Bits, bigint> = { 16: 0x1000n, 32: 0x100000n, 64: 0x200000n };
-interface GasOut { addr: bigint; bytes: Uint8Array }
+interface GasOut {
+  addr: bigint;
+  bytes: Uint8Array;
+}
 
 function run(cmd: string, args: string[], src?: string): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -452,7 +578,10 @@ function run(cmd: string, args: string[], src?: string): string {
     if (src) {
       // point at the source lines GNU as complains about
       const lines = src.split('\n');
-      msg += [...r.stderr.matchAll(/\.s:(\d+):/g)].slice(0, 20).map((m) => `\n  line ${m[1]}: ${lines[Number(m[1]) - 1]}`).join('');
+      msg += [...r.stderr.matchAll(/\.s:(\d+):/g)]
+        .slice(0, 20)
+        .map((m) => `\n  line ${m[1]}: ${lines[Number(m[1]) - 1]}`)
+        .join('');
     }
     throw new Error(msg);
   }
@@ -520,7 +649,7 @@ describe.each(MODES)('%i-bit mode, compared with GNU as', (bits) => {
   });
 
   for (const c of cases) {
-    test.skipIf(!hasAs)(`${c.name} (needs binutils as)`, () => {
+    binutils.test(c.name, () => {
       const g = gas.get(c)!;
       const a = new Assembler({ bits, origin: g.addr });
       c.build(a);
@@ -557,7 +686,14 @@ describe('listing', () => {
 
   test('labels, mode switches, long data and padding', () => {
     const { listing } = new Assembler({ bits: 16, origin: 0x7c00 })
-      .label('start').jmp('next').label('next').code(32).mov('eax', 1).align(16, 0xcc).db(new Uint8Array(40)).hlt()
+      .label('start')
+      .jmp('next')
+      .label('next')
+      .code(32)
+      .mov('eax', 1)
+      .align(16, 0xcc)
+      .db(new Uint8Array(40))
+      .hlt()
       .assemble();
     expect(listing.split('\n')).toEqual([
       '0000000000007c00                            start:',
@@ -572,7 +708,11 @@ describe('listing', () => {
   });
 
   test('mov r64, imm is listed as written, whatever form encodes it', () => {
-    const out = new Assembler({ bits: 64 }).mov('rax', 0x2a).mov('r8', -1).mov('rcx', 2n ** 40n).assemble();
+    const out = new Assembler({ bits: 64 })
+      .mov('rax', 0x2a)
+      .mov('r8', -1)
+      .mov('rcx', 2n ** 40n)
+      .assemble();
     expect(listingTexts(out.listing)).toEqual(['mov rax, 0x2a', 'mov r8, -0x1', 'mov rcx, 0x10000000000']);
     expect(hexBytes(out.bytes)).toBe('b8 2a 00 00 00 49 c7 c0 ff ff ff ff 48 b9 00 00 00 00 00 01 00 00');
   });
@@ -587,7 +727,12 @@ describe('encodings checked without GNU as', () => {
   test('labels are guest addresses; a high 64-bit origin works', () => {
     const origin = 0xffff800000001000n;
     const out = new Assembler({ bits: 64, origin }).label('a').jmp('b').nop().label('b').call('a').assemble();
-    expect(out.labels).toEqual(new Map([['a', origin], ['b', origin + 3n]]));
+    expect(out.labels).toEqual(
+      new Map([
+        ['a', origin],
+        ['b', origin + 3n],
+      ]),
+    );
     expect(hexBytes(out.bytes)).toBe('eb 01 90 e8 f8 ff ff ff');
     // the bytes column is as wide as the longest instruction (call: 5 bytes)
     expect(out.listing.split('\n')[0]).toBe(`ffff800000001000  ${' '.repeat(14)}   a:`);
@@ -614,21 +759,37 @@ describe('errors name the instruction and the operand', () => {
     ['immediate too wide for a byte', () => a32().mov('al', 0x100), /^mov al, 0x100: immediate 0x100 does not fit in 8 bits$/],
     ['immediate too wide for a word', () => a16().add('ax', 0x10000), /^add ax, 0x10000: immediate 0x10000 does not fit in 16 bits$/],
     ['immediate too wide for 64 bits', () => a64().mov('rax', 2n ** 64n), /immediate 0x10000000000000000 does not fit in 64 bits/],
-    ['64-bit ALU immediate beyond imm32', () => a64().add('rax', 0x80000000), /^add rax, 0x80000000: immediate 0x80000000 does not fit in a sign-extended 32-bit immediate$/],
+    [
+      '64-bit ALU immediate beyond imm32',
+      () => a64().add('rax', 0x80000000),
+      /^add rax, 0x80000000: immediate 0x80000000 does not fit in a sign-extended 32-bit immediate$/,
+    ],
     ['64-bit mov to memory beyond imm32', () => a64().mov(mem(64, 'rax'), 0xffffffff), /^mov QWORD PTR \[rax\], 0xffffffff: .*sign-extended 32-bit/],
     ['push beyond imm32 in 64-bit mode', () => a64().push(0x80000000), /^push 0x80000000: /],
     ['port beyond 8 bits', () => a32().out(0x100, 'al'), /^out 0x100, al: port 0x100 does not fit in 8 bits \(use dx\)$/],
     ['in/out data register', () => a32().in('bl' as 'al', 'dx'), /^in bl, dx: bl: the data register must be al, ax or eax$/],
     ['mixed register sizes', () => a32().mov('eax', 'bx'), /^mov eax, bx: operand size mismatch \(eax is 32-bit, bx is 16-bit\)$/],
-    ['register and memory sizes', () => a64().add('rax', mem(32, 'rbx')), /^add rax, DWORD PTR \[rbx\]: operand size mismatch \(rax is 64-bit, the memory operand is 32-bit\)$/],
+    [
+      'register and memory sizes',
+      () => a64().add('rax', mem(32, 'rbx')),
+      /^add rax, DWORD PTR \[rbx\]: operand size mismatch \(rax is 64-bit, the memory operand is 32-bit\)$/,
+    ],
     ['memory to memory', () => a32().mov(mem(32, 'eax'), mem(32, 'ebx') as never), /memory-to-memory/],
     ['r8 outside 64-bit mode', () => a32().mov('r8d', 1), /^mov r8d, 0x1: r8d exists only in 64-bit mode$/],
     ['64-bit register outside 64-bit mode', () => a16().push('rax'), /^push rax: rax exists only in 64-bit mode$/],
     ['64-bit address outside 64-bit mode', () => a32().mov('eax', mem(32, 'rbx')), /^mov eax, DWORD PTR \[rbx\]: .*rbx exists only in 64-bit mode$/],
     ['ah with a REX prefix', () => a64().mov('ah', 'sil'), /^mov ah, sil: ah cannot be encoded in an instruction that needs a REX prefix$/],
     ['32-bit push in 64-bit mode', () => a64().push('eax'), /^push eax: eax: 32-bit push\/pop does not exist in 64-bit mode$/],
-    ['RIP-relative outside 64-bit mode', () => a32().mov('eax', mem(32, { rip: 'x' })), /^mov eax, DWORD PTR \[rip\+x\]: .*RIP-relative addressing exists only in 64-bit mode$/],
-    ['64-bit absolute address beyond disp32', () => a64().mov('eax', mem(32, undefined, 0x80000000)), /^mov eax, DWORD PTR \[0x80000000\]: displacement 0x80000000 does not fit in a signed 32-bit field$/],
+    [
+      'RIP-relative outside 64-bit mode',
+      () => a32().mov('eax', mem(32, { rip: 'x' })),
+      /^mov eax, DWORD PTR \[rip\+x\]: .*RIP-relative addressing exists only in 64-bit mode$/,
+    ],
+    [
+      '64-bit absolute address beyond disp32',
+      () => a64().mov('eax', mem(32, undefined, 0x80000000)),
+      /^mov eax, DWORD PTR \[0x80000000\]: displacement 0x80000000 does not fit in a signed 32-bit field$/,
+    ],
     ['16-bit absolute address beyond 64 KiB', () => a16().mov('ax', mem(16, undefined, 0x10000)), /displacement 0x10000 does not fit in a 16-bit field/],
     ['16-bit addressing in 64-bit mode', () => a64().mov('eax', mem(32, 'bx')), /16-bit addressing does not exist in 64-bit mode/],
     ['not a 16-bit address', () => a16().mov('ax', mem(16, 'cx')), /^mov ax, WORD PTR \[cx\]: WORD PTR \[cx\]: not a 16-bit address/],
@@ -654,12 +815,39 @@ describe('errors name the instruction and the operand', () => {
     // errors found at assemble() time
     ['unknown jump label', () => a32().jmp('nowhere').assemble(), /^jmp nowhere: unknown label 'nowhere'$/],
     ['unknown call label', () => a16().call('nowhere').assemble(), /^call nowhere: unknown label 'nowhere'$/],
-    ['unknown RIP label', () => a64().mov('eax', mem(32, { rip: 'nowhere' })).assemble(), /^mov eax, DWORD PTR \[rip\+nowhere\]: unknown label 'nowhere'$/],
+    [
+      'unknown RIP label',
+      () =>
+        a64()
+          .mov('eax', mem(32, { rip: 'nowhere' }))
+          .assemble(),
+      /^mov eax, DWORD PTR \[rip\+nowhere\]: unknown label 'nowhere'$/,
+    ],
     ['unknown data label', () => a32().dd(['nowhere']).assemble(), /^dd nowhere: unknown label 'nowhere'$/],
-    ['16-bit jump out of range', () => a16().jmp('far').db(new Uint8Array(40000)).label('far').assemble(), /^jmp far: target 'far' is 40000 bytes away, out of range for rel16 in 16-bit mode$/],
-    ['16-bit conditional jump out of range', () => a16().label('b').db(new Uint8Array(33000)).jne('b').assemble(), /^jne b: target 'b' is -33004 bytes away, out of range for rel16/],
-    ['16-bit far jump offset beyond 64 KiB', () => new Assembler({ bits: 16, origin: 0xfff0 }).ljmp(8, 'x').db(new Uint8Array(16)).label('x').assemble(), /^ljmp 0x8, x: offset 0x10005 does not fit in an unsigned 16-bit field$/],
-    ['absolute label address beyond disp32 in 64-bit mode', () => new Assembler({ bits: 64, origin: 0x100000000n }).mov('eax', mem(32, { label: 'x' })).label('x').assemble(), /^mov eax, DWORD PTR \[x\]: address 0x100000007 does not fit in a signed 32-bit field$/],
+    [
+      '16-bit jump out of range',
+      () => a16().jmp('far').db(new Uint8Array(40000)).label('far').assemble(),
+      /^jmp far: target 'far' is 40000 bytes away, out of range for rel16 in 16-bit mode$/,
+    ],
+    [
+      '16-bit conditional jump out of range',
+      () => a16().label('b').db(new Uint8Array(33000)).jne('b').assemble(),
+      /^jne b: target 'b' is -33004 bytes away, out of range for rel16/,
+    ],
+    [
+      '16-bit far jump offset beyond 64 KiB',
+      () => new Assembler({ bits: 16, origin: 0xfff0 }).ljmp(8, 'x').db(new Uint8Array(16)).label('x').assemble(),
+      /^ljmp 0x8, x: offset 0x10005 does not fit in an unsigned 16-bit field$/,
+    ],
+    [
+      'absolute label address beyond disp32 in 64-bit mode',
+      () =>
+        new Assembler({ bits: 64, origin: 0x100000000n })
+          .mov('eax', mem(32, { label: 'x' }))
+          .label('x')
+          .assemble(),
+      /^mov eax, DWORD PTR \[x\]: address 0x100000007 does not fit in a signed 32-bit field$/,
+    ],
   ];
   test.each(cases)('%s', (_name, fn, message) => {
     let caught: unknown;

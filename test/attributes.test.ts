@@ -4,17 +4,15 @@
 // PRIVATE ('sw-protected' on a kernel built with KVM_SW_PROTECTED_VM, as in
 // the test VM); there, guest_memfds are created without flags and memslots
 // use the default 'anonymous' backing.
-import { describe, expect, test, vi } from 'vitest';
-import {
-  AlignmentError, AttributeRuleError, MemoryAttribute, MissingCapabilityError, raw, RangeWrapError, type Vm,
-} from '../lib/index.js';
-import { expectKernel, expectKernelAgrees, expectRule, hostCaps, openKvm, tables, vmCaps } from './helpers.js';
+import { expect, test, vi } from 'vitest';
+import { AlignmentError, AttributeRuleError, MemoryAttribute, MissingCapabilityError, raw, RangeWrapError, type Vm } from '../lib/index.js';
+import { expectKernel, expectKernelAgrees, expectRule, gate, needs, openKvm, tables } from './helpers.js';
 
 const PRIVATE = MemoryAttribute.PRIVATE;
-const kernelHasIoctl = hostCaps().memoryAttributes.bits !== 0;
-const defaultVmBits = vmCaps('default')?.memoryAttributes.bits ?? 0;
-const swPrivate = vmCaps('sw-protected')?.memoryAttributes.private === true;
-const SW_SKIP = "(needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE on a 'sw-protected' VM)";
+const ioctl = needs.memoryAttributes('any', 'kvm');
+const noIoctl = needs.not(ioctl, 'no KVM_SET_MEMORY_ATTRIBUTES: KVM_CAP_MEMORY_ATTRIBUTES = 0 on /dev/kvm');
+const defaultVmNoAttributes = needs.not(needs.memoryAttributes('any', 'default'), "KVM_CAP_MEMORY_ATTRIBUTES = 0 on a 'default' VM");
+const swPrivate = gate(needs.memoryAttributes('private', 'sw-protected'));
 
 function expectMissingAttributes(fn: () => unknown): MissingCapabilityError {
   let err: unknown;
@@ -32,27 +30,52 @@ function expectMissingAttributes(fn: () => unknown): MissingCapabilityError {
   return m;
 }
 
-describe.skipIf(defaultVmBits !== 0)('a default VM: no memory attributes (runs where the default VM answers KVM_CAP_MEMORY_ATTRIBUTES = 0)', () => {
-  test('setMemoryAttributes() and convert() throw MissingCapabilityError naming KVM_CAP_MEMORY_ATTRIBUTES and 6.8', () => {
-    using kvm = openKvm();
-    using vm = kvm.createVm();
-    const m = vm.addMemslot({ gpa: 0x100000, size: 0x4000 });
-    m.view()[0] = 0x5a;
-    const before = tables(vm);
-    expect(expectMissingAttributes(() => vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, PRIVATE)).message).toContain('KVM_SET_MEMORY_ATTRIBUTES');
-    expectMissingAttributes(() => vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, 0));
-    expectMissingAttributes(() => vm.convert({ gpa: 0x100000, size: 0x1000 }, 'private', { discard: true }));
-    expectMissingAttributes(() => vm.convert({ gpa: 0x100000, size: 0x1000 }, 'shared', { discard: true }));
-    // Nothing changed, nothing was discarded.
-    expect(tables(vm)).toEqual(before);
-    expect(m.view()[0]).toBe(0x5a);
-    expect(vm.privateRanges()).toEqual([]);
-    expect(vm.attributeRanges()).toEqual([]);
-    expect(vm.isPrivate(0x100000)).toBe(false);
-    expect(vm.attributes(0x100000)).toBe(0);
-  });
+gate(defaultVmNoAttributes).describe('a default VM: no memory attributes', () => {
+  gate(noIoctl).test(
+    'no KVM_SET_MEMORY_ATTRIBUTES: setMemoryAttributes() and convert() throw MissingCapabilityError naming KVM_CAP_MEMORY_ATTRIBUTES and 6.8',
+    () => {
+      using kvm = openKvm();
+      using vm = kvm.createVm();
+      const m = vm.addMemslot({ gpa: 0x100000, size: 0x4000 });
+      m.view()[0] = 0x5a;
+      const before = tables(vm);
+      expect(expectMissingAttributes(() => vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, PRIVATE)).message).toContain('KVM_SET_MEMORY_ATTRIBUTES');
+      expectMissingAttributes(() => vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, 0));
+      expectMissingAttributes(() => vm.convert({ gpa: 0x100000, size: 0x1000 }, 'private', { discard: true }));
+      expectMissingAttributes(() => vm.convert({ gpa: 0x100000, size: 0x1000 }, 'shared', { discard: true }));
+      // Nothing changed, nothing was discarded.
+      expect(tables(vm)).toEqual(before);
+      expect(m.view()[0]).toBe(0x5a);
+      expect(vm.privateRanges()).toEqual([]);
+      expect(vm.attributeRanges()).toEqual([]);
+      expect(vm.isPrivate(0x100000)).toBe(false);
+      expect(vm.attributes(0x100000)).toBe(0);
+    },
+  );
 
-  test.skipIf(kernelHasIoctl)('raw, the kernel answers ENOTTY (runs where /dev/kvm answers KVM_CAP_MEMORY_ATTRIBUTES = 0: no KVM_SET_MEMORY_ATTRIBUTES)', () => {
+  gate(ioctl).test(
+    'the ioctl exists but this VM takes no attribute: PRIVATE is memory-attributes-unsupported (EINVAL, as the kernel says), attributes 0 are accepted as the kernel accepts them',
+    () => {
+      using kvm = openKvm();
+      using vm = kvm.createVm();
+      const m = vm.addMemslot({ gpa: 0x100000, size: 0x4000 });
+      m.view()[0] = 0x5a;
+      const before = tables(vm);
+      const err = expectRule(() => vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, PRIVATE), AttributeRuleError, 'memory-attributes-unsupported');
+      expect(err.message).toContain('KVM_CAP_MEMORY_ATTRIBUTES = 0x0');
+      expectKernelAgrees(err, () => raw.setMemoryAttributes(vm, { address: 0x100000, size: 0x1000, attributes: PRIVATE }));
+      expectRule(() => vm.convert({ gpa: 0x100000, size: 0x1000 }, 'private', { discard: true }), AttributeRuleError, 'memory-attributes-unsupported');
+      expect(tables(vm)).toEqual(before);
+      expect(m.view()[0]).toBe(0x5a);
+      // Attributes 0 on a default VM: the kernel takes them (every gfn is shared already).
+      vm.setMemoryAttributes({ gpa: 0x100000, size: 0x1000 }, 0);
+      raw.setMemoryAttributes(vm, { address: 0x100000, size: 0x1000, attributes: 0 });
+      expect(tables(vm)).toEqual(before);
+      expect(vm.privateRanges()).toEqual([]);
+    },
+  );
+
+  gate(noIoctl).test('raw, the kernel answers ENOTTY', () => {
     using kvm = openKvm();
     using vm = kvm.createVm();
     const k = expectKernel(() => raw.setMemoryAttributes(vm, { address: 0x100000, size: 0x1000, attributes: PRIVATE }), 'ENOTTY');
@@ -60,7 +83,7 @@ describe.skipIf(defaultVmBits !== 0)('a default VM: no memory attributes (runs w
     expect(k.request).toEqual({ address: 0x100000, size: 0x1000, attributes: PRIVATE, flags: 0 });
   });
 
-  test.skipIf(!kernelHasIoctl)('raw, the kernel answers EINVAL: PRIVATE is not offered to a default VM (needs KVM_SET_MEMORY_ATTRIBUTES: KVM_CAP_MEMORY_ATTRIBUTES on /dev/kvm)', () => {
+  gate(ioctl).test('raw, the kernel answers EINVAL: PRIVATE is not offered to a default VM', () => {
     using kvm = openKvm();
     using vm = kvm.createVm();
     expectKernel(() => raw.setMemoryAttributes(vm, { address: 0x100000, size: 0x1000, attributes: PRIVATE }), 'EINVAL');
@@ -70,10 +93,16 @@ describe.skipIf(defaultVmBits !== 0)('a default VM: no memory attributes (runs w
 function swVm(): { vm: Vm; [Symbol.dispose](): void } {
   const kvm = openKvm();
   const vm = kvm.createVm({ type: 'sw-protected' });
-  return { vm, [Symbol.dispose]: () => { vm.close(); kvm.close(); } };
+  return {
+    vm,
+    [Symbol.dispose]: () => {
+      vm.close();
+      kvm.close();
+    },
+  };
 }
 
-describe.skipIf(!swPrivate)(`setMemoryAttributes on a 'sw-protected' VM ${SW_SKIP}`, () => {
+swPrivate.describe("setMemoryAttributes on a 'sw-protected' VM", () => {
   test('PRIVATE on ranges: attributes(), isPrivate() and privateRanges() follow through merge, split and overwrite', () => {
     using h = swVm();
     const { vm } = h;
@@ -89,7 +118,10 @@ describe.skipIf(!swPrivate)(`setMemoryAttributes on a 'sw-protected' VM ${SW_SKI
     expect(vm.privateRanges()).toEqual([{ gpa: 0xe000, size: 0x8000 }]);
     // Split: a shared page in the middle.
     vm.setMemoryAttributes({ gpa: 0x11000, size: 0x1000 }, 0);
-    expect(vm.privateRanges()).toEqual([{ gpa: 0xe000, size: 0x3000 }, { gpa: 0x12000, size: 0x4000 }]);
+    expect(vm.privateRanges()).toEqual([
+      { gpa: 0xe000, size: 0x3000 },
+      { gpa: 0x12000, size: 0x4000 },
+    ]);
     expect(vm.isPrivate(0x11000)).toBe(false);
     // A second, separate range.
     vm.setMemoryAttributes({ gpa: 0x40000, size: 0x1000 }, PRIVATE);
@@ -119,7 +151,14 @@ describe.skipIf(!swPrivate)(`setMemoryAttributes on a 'sw-protected' VM ${SW_SKI
     expect(vm.attributeRanges()).toEqual(before);
   });
 
-  const badRanges: [string, number | bigint, number | bigint, typeof AttributeRuleError | typeof AlignmentError | typeof RangeWrapError, string, string | undefined][] = [
+  const badRanges: [
+    string,
+    number | bigint,
+    number | bigint,
+    typeof AttributeRuleError | typeof AlignmentError | typeof RangeWrapError,
+    string,
+    string | undefined,
+  ][] = [
     ['size 0', 0x10000, 0, AttributeRuleError, 'attribute-range-empty', undefined],
     ['an unaligned gpa', 0x10800, 0x1000, AlignmentError, 'page-alignment', 'address'],
     ['an unaligned size', 0x10000, 0x1800, AlignmentError, 'page-alignment', 'size'],
@@ -145,7 +184,7 @@ describe.skipIf(!swPrivate)(`setMemoryAttributes on a 'sw-protected' VM ${SW_SKI
   });
 });
 
-describe.skipIf(!swPrivate)(`convert() on a 'sw-protected' VM ${SW_SKIP}`, () => {
+swPrivate.describe("convert() on a 'sw-protected' VM", () => {
   test('without discard: only the attributes change; the record says so', () => {
     using h = swVm();
     const { vm } = h;
@@ -172,7 +211,10 @@ describe.skipIf(!swPrivate)(`convert() on a 'sw-protected' VM ${SW_SKIP}`, () =>
     v.fill(0x5a);
     const rec = vm.convert({ gpa: 0x101000, size: 0x2000 }, 'private', { discard: true });
     expect(rec).toEqual({
-      gpa: 0x101000, size: 0x2000, to: 'private', attributes: PRIVATE,
+      gpa: 0x101000,
+      size: 0x2000,
+      to: 'private',
+      attributes: PRIVATE,
       discarded: [{ slot: m.slot, addressSpace: 0, what: 'shared-backing', gpa: 0x101000, size: 0x2000 }],
     });
     expect(v.subarray(0x1000, 0x3000).every((b) => b === 0)).toBe(true);
@@ -193,7 +235,10 @@ describe.skipIf(!swPrivate)(`convert() on a 'sw-protected' VM ${SW_SKIP}`, () =>
     expect(rec.discarded).toEqual([{ slot: m.slot, addressSpace: 0, what: 'guest_memfd', gpa: 0x102000, size: 0x3000 }]);
     expect(punch).toHaveBeenCalledTimes(1);
     expect(punch).toHaveBeenCalledWith(0x8000 + 0x2000, 0x3000);
-    expect(vm.privateRanges()).toEqual([{ gpa: 0x100000, size: 0x2000 }, { gpa: 0x105000, size: 0x3000 }]);
+    expect(vm.privateRanges()).toEqual([
+      { gpa: 0x100000, size: 0x2000 },
+      { gpa: 0x105000, size: 0x3000 },
+    ]);
     // guest_memfd does not count pages in st_blocks, so fstat cannot show the punch.
     expect(g.stat().size).toBe(0x10000);
   });

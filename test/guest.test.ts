@@ -8,33 +8,50 @@
 // reaches the host (see vcpu.test.ts), so guest-requested conversions stop
 // there; the flows that need private memory run in the test VM on a
 // 'sw-protected' VM.
-import { existsSync } from 'node:fs';
 import { describe, expect, onTestFailed, test, vi } from 'vitest';
 import {
-  type Assembler, type Capabilities, Guest, GuestAssertError, type GuestIo, type GuestOptions, GuestTimeoutError, type Kvm, mem,
-  MissingCapabilityError, type RunResult, UnexpectedExitError, type VcpuExit, type Vm, type VmTypeName,
+  AttributeRuleError,
+  type Assembler,
+  type Capabilities,
+  Guest,
+  GuestAssertError,
+  type GuestIo,
+  type GuestOptions,
+  GuestTimeoutError,
+  mem,
+  MissingCapabilityError,
+  type RunResult,
+  UnexpectedExitError,
+  type VcpuExit,
+  type Vm,
+  type VmTypeName,
 } from '../lib/index.js';
-import { hostCaps, newVm, openKvm, vmCaps } from './helpers.js';
+import { gate, hostCaps, needs, newVm, pickVmType } from './helpers.js';
 
-const kvmPvm = existsSync('/sys/module/kvm_pvm');
-const offeredTypes = hostCaps().vmTypes;
+const kvmPvm = needs.kvmModule('kvm_pvm');
 const mappable = (c: Capabilities) => c.guestMemfdFlags.includes('mmap') && c.guestMemfdFlags.includes('init-shared');
-const vmTypeWhere = (ok: (c: Capabilities) => boolean): VmTypeName | undefined =>
-  offeredTypes.find((t) => { const c = vmCaps(t); return c !== undefined && ok(c); });
+const mappableOn = (t: VmTypeName) => needs.gmemFlags(['mmap', 'init-shared'], t);
+const privateOn = (t: VmTypeName) => needs.memoryAttributes('private', t);
 
 // A VM type on which a guest runs from guest_memfd memory: the default VM
 // here (guest_memfd mmap + init-shared), 'sw-protected' in the test VM.
-const gmemType = vmTypeWhere((c) => c.guestMemfd && (mappable(c) || c.memoryAttributes.private));
-const mappableType = vmTypeWhere((c) => c.guestMemfd && mappable(c));
-const privateType = vmTypeWhere((c) => c.memoryAttributes.private);
+const gmem = pickVmType('a VM type whose guest_memfd a guest can run from (KVM_CAP_GUEST_MEMFD with mmap and init-shared, or with PRIVATE attributes)', (t) =>
+  needs.all('', needs.cap('GUEST_MEMFD', t), needs.any('', mappableOn(t), privateOn(t))),
+);
+const gmemType = gmem.type;
+const mappableVm = pickVmType('a VM type with KVM_CAP_GUEST_MEMFD and KVM_CAP_GUEST_MEMFD_FLAGS mmap|init-shared', (t) =>
+  needs.all('', needs.cap('GUEST_MEMFD', t), mappableOn(t)),
+);
+const mappableType = mappableVm.type;
+const privateVm = pickVmType("a VM type with KVM_CAP_MEMORY_ATTRIBUTES PRIVATE (a 'sw-protected' VM)", privateOn);
+const privateType = privateVm.type;
 // A VM type that offers neither (a default VM on 6.12): 'guest-memfd' must be refused there.
-const noGmemType = vmTypeWhere((c) => !mappable(c) && !c.memoryAttributes.private);
-const mapGpaRangeOffered = (vmCaps('default')?.exitHypercall ?? 0) & (1 << 12);
-const defaultVmPrivate = vmCaps('default')?.memoryAttributes.private === true;
-
-const GMEM = '(needs guest_memfd memory a guest can run from: KVM_CAP_GUEST_MEMFD_FLAGS mmap|init-shared, or KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE)';
-const MAPPABLE = '(needs KVM_CAP_GUEST_MEMFD_FLAGS mmap|init-shared)';
-const PRIVATE = "(needs KVM_CAP_MEMORY_ATTRIBUTES with PRIVATE, on a 'sw-protected' VM)";
+const noGmemVm = pickVmType('a VM type offering neither mmap|init-shared nor private memory (e.g. a default VM on 6.12)', (t) =>
+  needs.all('', needs.not(mappableOn(t)), needs.not(privateOn(t))),
+);
+const noGmemType = noGmemVm.type;
+const mapGpaRangeExit = needs.exitHypercall(12, 'default');
+const defaultVmPrivate = privateOn('default');
 
 // Guest data pages: below the real-mode stack's 64 KiB segment, and at 1 MiB for 64-bit guests.
 const REAL_DATA = 0x9000;
@@ -69,7 +86,10 @@ function u64(bytes: Uint8Array): bigint {
 
 /** KVM_HC_MAP_GPA_RANGE(gpa, npages, private ? ENCRYPTED : 0); asserts `code` unless RAX is 0. */
 function mapGpaRange(a: Assembler, io: GuestIo, gpa: number, npages: number, toPrivate: boolean, code: number): void {
-  a.mov('eax', 12).mov('ebx', gpa).mov('ecx', npages).mov('edx', toPrivate ? 0x10 : 0);
+  a.mov('eax', 12)
+    .mov('ebx', gpa)
+    .mov('ecx', npages)
+    .mov('edx', toPrivate ? 0x10 : 0);
   a.vmcall();
   a.cmp('rax', 0);
   io.assert('e', code);
@@ -78,47 +98,52 @@ function mapGpaRange(a: Assembler, io: GuestIo, gpa: number, npages: number, toP
 describe('Guest.realMode and Guest.longMode on both memory kinds', () => {
   for (const mode of ['real', 'long'] as const) {
     for (const kind of ['anonymous', 'guest-memfd'] as const) {
-      const gated = kind === 'guest-memfd' && gmemType === undefined;
-      test.skipIf(gated)(`${mode}-mode guest, ${kind} memory: computes, stores, prints, syncs and finishes${kind === 'guest-memfd' ? ` ${GMEM}` : ''}`, async () => {
-        using h = newVm(kind === 'guest-memfd' ? gmemType : 'default');
-        const data = mode === 'real' ? REAL_DATA : DATA;
-        using g = build(mode, h.vm, {
-          memory: { kind },
-          code: (a, io) => {
-            a.mov('ecx', 100).xor('eax', 'eax');
-            a.label('sum').add('eax', 'ecx').dec('ecx').jnz('sum');
-            a.mov(mem(32, { disp: data }), 'eax');
-            io.print(mode === 'real' ? 'eax' : 'rax');
-            io.sync(1);
-            io.done();
-          },
-        });
-        expect(g.mode).toBe(mode);
-        const r = await g.runUntilDone();
-        expect(r).toEqual({ syncs: [1], prints: [5050n], exits: 3, conversions: [] });
-        expect(u64(g.view(data, 8))).toBe(5050n);
-        expect(g.memslot.gpa).toBe(0);
-        expect(g.memslot.size).toBe(2 << 20);
-        if (kind === 'anonymous') {
-          expect(g.guestMemfd).toBeNull();
-          expect(g.memslot.backing).toBe('anonymous');
-        } else {
-          const gmem = g.guestMemfd!;
-          expect(g.memslot.guestMemfd).toBe(gmem);
-          expect(gmem.boundRanges()).toEqual([{ slot: g.memslot.slot, addressSpace: 0, offset: 0, size: 2 << 20, gpa: 0 }]);
-          const runsFromGmem = mappable(h.vm.capabilities());
-          expect(g.memslot.backing).toBe(runsFromGmem ? 'guest-memfd' : 'anonymous');
-          // Where the guest_memfd is the shared backing, its own mapping shows what the guest stored.
-          if (runsFromGmem) expect(u64(gmem.map().bytes(data, 8))).toBe(5050n);
-        }
-      });
+      gate(...(kind === 'guest-memfd' ? [gmem.need] : [])).test(
+        `${mode}-mode guest, ${kind} memory: computes, stores, prints, syncs and finishes`,
+        async () => {
+          using h = newVm(kind === 'guest-memfd' ? gmemType : 'default');
+          const data = mode === 'real' ? REAL_DATA : DATA;
+          using g = build(mode, h.vm, {
+            memory: { kind },
+            code: (a, io) => {
+              a.mov('ecx', 100).xor('eax', 'eax');
+              a.label('sum').add('eax', 'ecx').dec('ecx').jnz('sum');
+              a.mov(mem(32, { disp: data }), 'eax');
+              io.print(mode === 'real' ? 'eax' : 'rax');
+              io.sync(1);
+              io.done();
+            },
+          });
+          expect(g.mode).toBe(mode);
+          const r = await g.runUntilDone();
+          expect(r).toEqual({ syncs: [1], prints: [5050n], exits: 3, conversions: [] });
+          expect(u64(g.view(data, 8))).toBe(5050n);
+          expect(g.memslot.gpa).toBe(0);
+          expect(g.memslot.size).toBe(2 << 20);
+          if (kind === 'anonymous') {
+            expect(g.guestMemfd).toBeNull();
+            expect(g.memslot.backing).toBe('anonymous');
+          } else {
+            const gmem = g.guestMemfd!;
+            expect(g.memslot.guestMemfd).toBe(gmem);
+            expect(gmem.boundRanges()).toEqual([{ slot: g.memslot.slot, addressSpace: 0, offset: 0, size: 2 << 20, gpa: 0 }]);
+            const runsFromGmem = mappable(h.vm.capabilities());
+            expect(g.memslot.backing).toBe(runsFromGmem ? 'guest-memfd' : 'anonymous');
+            // Where the guest_memfd is the shared backing, its own mapping shows what the guest stored.
+            if (runsFromGmem) expect(u64(gmem.map().bytes(data, 8))).toBe(5050n);
+          }
+        },
+      );
     }
   }
 
-  test.skipIf(noGmemType === undefined)("'guest-memfd' memory where the VM offers neither mmap|init-shared nor private memory: MissingCapabilityError, nothing left behind (needs such a VM type, e.g. a default VM on 6.12)", () => {
-    using h = newVm(noGmemType);
-    expectNoGmemGuest(h.vm);
-  });
+  gate(noGmemVm.need).test(
+    "'guest-memfd' memory where the VM offers neither mmap|init-shared nor private memory: MissingCapabilityError, nothing left behind",
+    () => {
+      using h = newVm(noGmemType);
+      expectNoGmemGuest(h.vm);
+    },
+  );
 
   test("'guest-memfd' memory refused the same way when capabilities() answers as a 6.12 default VM does (mocked)", () => {
     using h = newVm();
@@ -128,7 +153,7 @@ describe('Guest.realMode and Guest.longMode on both memory kinds', () => {
   });
 
   function expectNoGmemGuest(vm: Vm): void {
-    for (const make of [Guest.realMode, Guest.longMode]) {
+    for (const make of [(v: Vm, o: GuestOptions) => Guest.realMode(v, o), (v: Vm, o: GuestOptions) => Guest.longMode(v, o)]) {
       let err: unknown;
       try {
         make(vm, { memory: { kind: 'guest-memfd' }, code: (_a, io) => io.done() }).close();
@@ -276,6 +301,30 @@ describe('runUntilDone() errors', () => {
     const r = await g.runUntilDone();
     expect(r.prints).toEqual([7n]);
   });
+
+  test('timeoutMs as Vcpu.run reads it: 0 is no deadline (a kick is then an unexpected exit, not a timeout); negative, fractional or non-numbers are TypeErrors with a code', async () => {
+    using h = newVm();
+    using g = long(h.vm, (a) => {
+      a.label('spin').jmp('spin');
+    });
+    const p = g.runUntilDone({ timeoutMs: 0 });
+    setTimeout(() => g.vcpu.kick(), 50);
+    const e = await rejection(p, UnexpectedExitError);
+    expect(e.exit).toEqual({ kind: 'interrupted', deadline: false });
+    for (const [t, code] of [
+      [-1, 'ERR_INVALID_ARG_VALUE'],
+      [2.5, 'ERR_INVALID_ARG_VALUE'],
+      [2 ** 31, 'ERR_INVALID_ARG_VALUE'],
+      ['10', 'ERR_INVALID_ARG_TYPE'],
+    ] as const) {
+      const err = await g.runUntilDone({ timeoutMs: t as number }).then(
+        () => null,
+        (x: unknown) => x,
+      );
+      expect(err, String(t)).toBeInstanceOf(TypeError);
+      expect(err, String(t)).toMatchObject({ code, message: expect.stringContaining('runUntilDone: timeoutMs') });
+    }
+  });
 });
 
 describe('host callbacks', () => {
@@ -331,42 +380,45 @@ describe('host callbacks', () => {
       io.done();
     });
     const seen: VcpuExit[] = [];
-    const e = await rejection(g.runUntilDone({ onExit: async (exit) => (seen.push(exit), false) }), UnexpectedExitError);
+    const e = await rejection(g.runUntilDone({ onExit: (exit) => Promise.resolve((seen.push(exit), false)) }), UnexpectedExitError);
     expect(seen).toHaveLength(1);
     expect(e.exit).toBe(seen[0]);
     expect(e.exit).toMatchObject({ kind: 'io', direction: 'out', port: 0x2000, size: 4 });
   });
 
-  test.skipIf(mappableType === undefined)(`punch-hole between two syncs: the host sees the guest's data through gmem.map(), punches the page, sees zeros, and so does the guest ${MAPPABLE}`, async () => {
-    using h = newVm(mappableType);
-    using g = build('long', h.vm, {
-      memory: { kind: 'guest-memfd' },
-      code: (a, io) => {
-        a.mov(mem(64, { disp: DATA }), 0x1234);
-        io.sync(1);
-        a.mov('rax', mem(64, { disp: DATA }));
-        io.print('rax');
-        a.cmp('rax', 0);
-        io.assert('e', 1);
-        io.done();
-      },
-    });
-    const gmem = g.guestMemfd!;
-    const seen: bigint[] = [];
-    const r = await g.runUntilDone({
-      onSync: () => {
-        seen.push(u64(gmem.map().bytes(DATA, 8)));
-        gmem.punchHole(DATA, 4096);
-        seen.push(u64(gmem.map().bytes(DATA, 8)));
-      },
-    });
-    expect(seen).toEqual([0x1234n, 0n]);
-    expect(r.prints).toEqual([0n]);
-  });
+  gate(mappableVm.need).test(
+    "punch-hole between two syncs: the host sees the guest's data through gmem.map(), punches the page, sees zeros, and so does the guest",
+    async () => {
+      using h = newVm(mappableType);
+      using g = build('long', h.vm, {
+        memory: { kind: 'guest-memfd' },
+        code: (a, io) => {
+          a.mov(mem(64, { disp: DATA }), 0x1234);
+          io.sync(1);
+          a.mov('rax', mem(64, { disp: DATA }));
+          io.print('rax');
+          a.cmp('rax', 0);
+          io.assert('e', 1);
+          io.done();
+        },
+      });
+      const gmem = g.guestMemfd!;
+      const seen: bigint[] = [];
+      const r = await g.runUntilDone({
+        onSync: () => {
+          seen.push(u64(gmem.map().bytes(DATA, 8)));
+          gmem.punchHole(DATA, 4096);
+          seen.push(u64(gmem.map().bytes(DATA, 8)));
+        },
+      });
+      expect(seen).toEqual([0x1234n, 0n]);
+      expect(r.prints).toEqual([0n]);
+    },
+  );
 });
 
 describe('conversions driven by the guest', () => {
-  test.skipIf(!mapGpaRangeOffered)('enableMapGpaRangeExits() is accepted where KVM_CAP_EXIT_HYPERCALL offers bit 12 (needs that bit)', () => {
+  gate(mapGpaRangeExit).test('enableMapGpaRangeExits() is accepted where KVM_CAP_EXIT_HYPERCALL offers bit 12', () => {
     using h = newVm();
     using g = long(h.vm, (_a, io) => io.done());
     expect(h.vm.capabilities().exitHypercall & (1 << 12)).not.toBe(0);
@@ -391,34 +443,46 @@ describe('conversions driven by the guest', () => {
     expect(enable).not.toHaveBeenCalled();
   });
 
-  test.skipIf(!kvmPvm || !mapGpaRangeOffered)("kvm_pvm: the guest's KVM_HC_MAP_GPA_RANGE never reaches the host; runUntilDone({ mapGpaRange }) times out on the vmcall, nothing converted", async () => {
-    using h = newVm();
-    using g = long(h.vm, (a, io) => {
-      a.label('hc');
-      mapGpaRange(a, io, DATA, 1, true, 1);
-      io.done();
-    });
-    g.enableMapGpaRangeExits();
-    const e = await rejection(g.runUntilDone({ mapGpaRange: true, timeoutMs: 300 }), GuestTimeoutError);
-    // The 4 movs are 20 bytes; RIP stays on the vmcall that follows them.
-    expect(e.rip).toBe(BigInt(g.label('hc') + 20));
-    expect([...g.view(g.label('hc') + 20, 3)]).toEqual([0x0f, 0x01, 0xc1]);
-    expect(h.vm.attributeRanges()).toEqual([]);
-  });
+  gate(kvmPvm, mapGpaRangeExit).test(
+    "kvm_pvm: the guest's KVM_HC_MAP_GPA_RANGE never reaches the host; runUntilDone({ mapGpaRange }) times out on the vmcall, nothing converted",
+    async () => {
+      using h = newVm();
+      using g = long(h.vm, (a, io) => {
+        a.label('hc');
+        mapGpaRange(a, io, DATA, 1, true, 1);
+        io.done();
+      });
+      g.enableMapGpaRangeExits();
+      const e = await rejection(g.runUntilDone({ mapGpaRange: true, timeoutMs: 300 }), GuestTimeoutError);
+      // The 4 movs are 20 bytes; RIP stays on the vmcall that follows them.
+      expect(e.rip).toBe(BigInt(g.label('hc') + 20));
+      expect([...g.view(g.label('hc') + 20, 3)]).toEqual([0x0f, 0x01, 0xc1]);
+      expect(h.vm.attributeRanges()).toEqual([]);
+    },
+  );
 
-  test.skipIf(kvmPvm || !mapGpaRangeOffered || defaultVmPrivate)('a default VM: the KVM_HC_MAP_GPA_RANGE hypercall reaches runUntilDone({ mapGpaRange }), whose conversion fails with MissingCapabilityError (needs a KVM whose vmcall exits: not kvm_pvm)', async () => {
-    using h = newVm();
-    using g = long(h.vm, (a, io) => {
-      mapGpaRange(a, io, DATA, 1, true, 1);
-      io.done();
-    });
-    g.enableMapGpaRangeExits();
-    const e = await rejection(g.runUntilDone({ mapGpaRange: true }), MissingCapabilityError);
-    expect(e.capability).toBe('KVM_CAP_MEMORY_ATTRIBUTES');
-    expect(h.vm.attributeRanges()).toEqual([]);
-  });
+  gate(needs.not(kvmPvm, 'a KVM whose vmcall exits (not kvm_pvm)'), mapGpaRangeExit, needs.not(defaultVmPrivate)).test(
+    'a default VM: the KVM_HC_MAP_GPA_RANGE hypercall reaches runUntilDone({ mapGpaRange }), whose conversion fails naming KVM_CAP_MEMORY_ATTRIBUTES: memory-attributes-unsupported where the ioctl exists, MissingCapabilityError where it does not',
+    async () => {
+      using h = newVm();
+      using g = long(h.vm, (a, io) => {
+        mapGpaRange(a, io, DATA, 1, true, 1);
+        io.done();
+      });
+      g.enableMapGpaRangeExits();
+      if (hostCaps().memoryAttributes.bits !== 0) {
+        const e = await rejection(g.runUntilDone({ mapGpaRange: true }), AttributeRuleError);
+        expect(e.rule).toBe('memory-attributes-unsupported');
+        expect(e.message).toContain('KVM_CAP_MEMORY_ATTRIBUTES');
+      } else {
+        const e = await rejection(g.runUntilDone({ mapGpaRange: true }), MissingCapabilityError);
+        expect(e.capability).toBe('KVM_CAP_MEMORY_ATTRIBUTES');
+      }
+      expect(h.vm.attributeRanges()).toEqual([]);
+    },
+  );
 
-  describe.skipIf(privateType === undefined)(`private memory ${PRIVATE}`, () => {
+  gate(privateVm.need).describe('private memory', () => {
     test('mapGpaRange: shared writes show in memslot.view(), private writes do not, and a private page reads zero after its punch', async () => {
       using h = newVm(privateType);
       using g = build('long', h.vm, {
@@ -462,7 +526,11 @@ describe('conversions driven by the guest', () => {
       ]);
       // Back to shared, the guest reads the (dropped) shared copy; private again, the punched page.
       expect(r.prints).toEqual([0n, 0n]);
-      expect(r.conversions.map((c) => [c.gpa, c.size, c.to])).toEqual([[DATA, 4096, 'private'], [DATA, 4096, 'shared'], [DATA, 4096, 'private']]);
+      expect(r.conversions.map((c) => [c.gpa, c.size, c.to])).toEqual([
+        [DATA, 4096, 'private'],
+        [DATA, 4096, 'shared'],
+        [DATA, 4096, 'private'],
+      ]);
       expect(h.vm.privateRanges()).toEqual([{ gpa: DATA, size: 4096 }]);
     });
 

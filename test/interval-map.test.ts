@@ -1,11 +1,11 @@
 // Unit tests of the two data structures the rules rest on: IntervalMap
-// (lib/util/interval-map.ts, the index of memslots and guest_memfd bindings)
-// and AttributeMap (lib/attributes.ts, the shadow of memory attributes).
+// (lib/model/interval-map.ts, the index of memslots and guest_memfd bindings)
+// and AttributeMap (lib/model/attributes.ts, the shadow of memory attributes).
 // Each is compared, operation by operation, with a naive model driven by a
 // fixed-seed PRNG, so a failure replays exactly.
 import { describe, expect, test } from 'vitest';
-import { AttributeMap } from '../lib/attributes.js';
-import { type Interval, IntervalMap } from '../lib/util/interval-map.js';
+import { AttributeMap } from '../lib/model/attributes.js';
+import { type Interval, IntervalMap } from '../lib/model/interval-map.js';
 
 /** mulberry32: a small deterministic PRNG returning [0, 1). */
 function prng(seed: number): () => number {
@@ -35,7 +35,9 @@ describe('IntervalMap', () => {
     const m = sample();
     expect(m.size).toBe(3);
     expect(m.entries().map(plain)).toEqual([
-      { start: 10, end: 20, value: 'a' }, { start: 30, end: 31, value: 'b' }, { start: 40, end: 60, value: 'c' },
+      { start: 10, end: 20, value: 'a' },
+      { start: 30, end: 31, value: 'b' },
+      { start: 40, end: 60, value: 'c' },
     ]);
   });
 
@@ -158,12 +160,17 @@ describe('AttributeMap', () => {
     a.set(5, 10, 8);
     expect(a.ranges()).toEqual([{ gfn: 5, npages: 20, attributes: 8 }]);
     a.set(12, 14, 0);
-    expect(a.ranges()).toEqual([{ gfn: 5, npages: 7, attributes: 8 }, { gfn: 14, npages: 11, attributes: 8 }]);
+    expect(a.ranges()).toEqual([
+      { gfn: 5, npages: 7, attributes: 8 },
+      { gfn: 14, npages: 11, attributes: 8 },
+    ]);
     a.set(12, 14, 8);
     expect(a.ranges()).toEqual([{ gfn: 5, npages: 20, attributes: 8 }]);
     a.set(15, 16, 9);
     expect(a.ranges()).toEqual([
-      { gfn: 5, npages: 10, attributes: 8 }, { gfn: 15, npages: 1, attributes: 9 }, { gfn: 16, npages: 9, attributes: 8 },
+      { gfn: 5, npages: 10, attributes: 8 },
+      { gfn: 15, npages: 1, attributes: 9 },
+      { gfn: 16, npages: 9, attributes: 8 },
     ]);
     expect([a.get(4), a.get(5), a.get(15), a.get(24), a.get(25)]).toEqual([0, 8, 9, 8, 0]);
     a.set(0, 100, 0);

@@ -2,17 +2,17 @@
 // (by number and by name, on /dev/kvm and on a VM fd), VM types, and
 // close-on-exec on every fd the package hands out.
 import { describe, expect, test } from 'vitest';
-import {
-  Cap, type CapName, ClosedError, Kvm, KvmError, MemoryAttribute, MissingCapabilityError, raw, VmType, type VmTypeName,
-} from '../lib/index.js';
-import { guestMemfdVmType, hostCaps, openKvm, sawEintr, underSignalStorm, vmCaps } from './helpers.js';
+import { Cap, type CapName, ClosedError, Kvm, KvmError, MemoryAttribute, MissingCapabilityError, raw, VmType, type VmTypeName } from '../lib/index.js';
+import { gate, guestMemfdVmType, hostCaps, needs, openKvm, sawEintr, underSignalStorm, vmCaps } from './helpers.js';
 
 const caps = hostCaps();
 const capNames = Object.keys(Cap) as CapName[];
 const vmTypeNames = Object.keys(VmType) as VmTypeName[];
 // A VM type this host does not offer (on this host: every type but 'default').
-const lackingType = vmTypeNames.find((t) => !caps.vmTypes.includes(t));
-const swProtected = caps.vmTypes.includes('sw-protected');
+const lacking = vmTypeNames.map((t) => ({ t, need: needs.not(needs.vmType(t), `no '${t}' VM type (KVM_CAP_VM_TYPES)`) }));
+const lackingType = lacking.find((l) => l.need.met)?.t;
+const lacksAType = needs.any('a VM type KVM_CAP_VM_TYPES does not list', ...lacking.map((l) => l.need));
+const swProtected = needs.vmType('sw-protected');
 
 describe('Kvm.open', () => {
   test('opens /dev/kvm by default and checks KVM_GET_API_VERSION is 12', () => {
@@ -66,7 +66,12 @@ describe('checkExtension and capabilities() on /dev/kvm', () => {
     using vm = kvm.createVm();
     const mixed = capNames.flatMap((n) => [n, Cap[n]]);
     const long = [...mixed, ...mixed, ...mixed, 99_999]; // longer than the reused buffers
-    for (const [f, list] of [[kvm, mixed], [vm, mixed], [kvm, long], [vm, long]] as const) {
+    for (const [f, list] of [
+      [kvm, mixed],
+      [vm, mixed],
+      [kvm, long],
+      [vm, long],
+    ] as const) {
       expect(f.checkExtensions(list)).toEqual(list.map((c) => raw.checkExtension(f, typeof c === 'number' ? c : Cap[c])));
     }
     expect(vm.checkExtensions([])).toEqual([]);
@@ -106,12 +111,15 @@ describe('checkExtension and capabilities() on /dev/kvm', () => {
     expect(kvm.capabilities()).toBe(c);
   });
 
-  test('this host offers what the package needs (KVM_CAP_USER_MEMORY2, KVM_CAP_GUEST_MEMFD, the default VM type)', () => {
-    expect(caps.userMemory2).toBe(true);
-    expect(caps.guestMemfd).toBe(true);
-    expect(caps.vmTypes).toContain('default');
-    expect(caps.nrMemslots).toBeGreaterThan(0);
-  });
+  gate(needs.cap('USER_MEMORY2'), needs.cap('GUEST_MEMFD')).test(
+    'this host offers what the package needs (KVM_CAP_USER_MEMORY2, KVM_CAP_GUEST_MEMFD, the default VM type)',
+    () => {
+      expect(caps.userMemory2).toBe(true);
+      expect(caps.guestMemfd).toBe(true);
+      expect(caps.vmTypes).toContain('default');
+      expect(caps.nrMemslots).toBeGreaterThan(0);
+    },
+  );
 });
 
 describe('createVm', () => {
@@ -139,7 +147,7 @@ describe('createVm', () => {
     expect(() => kvm.createVm({ type: 'confidential' as VmTypeName })).toThrow(/unknown VM type 'confidential'/);
   });
 
-  test.skipIf(lackingType === undefined)(`a VM type this host lacks ('${lackingType}') is MissingCapabilityError naming KVM_CAP_VM_TYPES (runs where KVM_CAP_VM_TYPES lacks a type)`, () => {
+  gate(lacksAType).test(`a VM type this host lacks ('${lackingType}') is MissingCapabilityError naming KVM_CAP_VM_TYPES`, () => {
     using kvm = openKvm();
     const type = lackingType as VmTypeName;
     let err: unknown;
@@ -164,13 +172,16 @@ describe('createVm', () => {
     expect((kerr as KvmError).code).toBe('EINVAL');
   });
 
-  test.skipIf(swProtected)("'sw-protected' is refused with MissingCapabilityError where not offered (runs where KVM_CAP_VM_TYPES lacks KVM_X86_SW_PROTECTED_VM)", () => {
-    using kvm = openKvm();
-    expect(() => kvm.createVm({ type: 'sw-protected' })).toThrow(MissingCapabilityError);
-    expect(() => kvm.createVm({ type: 'sw-protected' })).toThrow(/KVM_CAP_VM_TYPES/);
-  });
+  gate(needs.not(swProtected, "no 'sw-protected' VM type (KVM_CAP_VM_TYPES)")).test(
+    "'sw-protected' is refused with MissingCapabilityError where not offered",
+    () => {
+      using kvm = openKvm();
+      expect(() => kvm.createVm({ type: 'sw-protected' })).toThrow(MissingCapabilityError);
+      expect(() => kvm.createVm({ type: 'sw-protected' })).toThrow(/KVM_CAP_VM_TYPES/);
+    },
+  );
 
-  test.skipIf(!swProtected)("creates a 'sw-protected' VM where offered (needs KVM_CAP_VM_TYPES with KVM_X86_SW_PROTECTED_VM)", () => {
+  gate(swProtected).test("creates a 'sw-protected' VM where offered", () => {
     using kvm = openKvm();
     using vm = kvm.createVm({ type: 'sw-protected' });
     expect(vm.type).toBe('sw-protected');
@@ -203,7 +214,7 @@ describe('Vm.checkExtension and Vm.capabilities()', () => {
     expect(vm.capabilities().memoryAttributes.private).toBe(false);
   });
 
-  test.skipIf(!swProtected)("a 'sw-protected' VM answers KVM_CAP_MEMORY_ATTRIBUTES = PRIVATE on its fd, a default VM 0 (needs KVM_CAP_VM_TYPES with KVM_X86_SW_PROTECTED_VM)", () => {
+  gate(swProtected).test("a 'sw-protected' VM answers KVM_CAP_MEMORY_ATTRIBUTES = PRIVATE on its fd, a default VM 0", () => {
     const sw = vmCaps('sw-protected');
     const def = vmCaps('default');
     expect(sw?.memoryAttributes.bits).toBe(MemoryAttribute.PRIVATE);
@@ -221,7 +232,7 @@ describe('close-on-exec', () => {
     expect(raw.isCloexec(rawVm)).toBe(true);
   });
 
-  test.skipIf(!caps.guestMemfd)('guest_memfd fds are close-on-exec although the kernel installs them without (needs KVM_CAP_GUEST_MEMFD)', () => {
+  gate(needs.cap('GUEST_MEMFD')).test('guest_memfd fds are close-on-exec although the kernel installs them without', () => {
     using kvm = openKvm();
     using vm = kvm.createVm({ type: guestMemfdVmType() ?? 'default' });
     using gmem = vm.createGuestMemfd({ size: 4096 });

@@ -26,6 +26,24 @@ import {
   checkOverlayDirs,
   findRepoRoot,
   TestVmTimeoutError,
+  compareReleases,
+  isReleaseSelector,
+  listKernels,
+  matrixKernels,
+  matrixReleases,
+  parseKernelImageName,
+  readImageRelease,
+  releaseMatches,
+  releaseSeries,
+  sharedKernelDirs,
+  BUILDABLE_SERIES,
+  checkConfigForRecipe,
+  imageNames,
+  isolatedAptOptions,
+  kconfigDefines,
+  KERNEL_RECIPES,
+  kernelRecipe,
+  recipePackages,
 } from '../tools/testvm/index.js';
 
 // ---------------------------------------------------------------------------
@@ -148,6 +166,159 @@ describe('kernel lookup order', () => {
 
 // ---------------------------------------------------------------------------
 
+describe('kernel releases', () => {
+  test('image names: bzImage-<release>-<flavour>', () => {
+    expect(parseKernelImageName('bzImage-7.3.4-gmem')).toEqual({ release: '7.3.4', flavour: 'gmem' });
+    expect(parseKernelImageName('/x/matrix/bzImage-6.1.192-nogmem')).toEqual({ release: '6.1.192', flavour: 'nogmem' });
+    expect(parseKernelImageName('bzImage-6.12.117')).toEqual({ release: '6.12.117', flavour: '' });
+    expect(parseKernelImageName('bzImage-6.12.117-rc1-gmem')).toEqual({ release: '6.12.117-rc1', flavour: 'gmem' });
+    expect(parseKernelImageName('bzImage-custom')).toBeUndefined();
+    expect(parseKernelImageName('bzImage')).toBeUndefined();
+  });
+
+  test('a release selector is digits and dots; anything else is a path', () => {
+    for (const s of ['7', '7.3', '6.1', '6.12.117']) expect(isReleaseSelector(s)).toBe(true);
+    for (const s of ['', '7.', '.7', 'v7.3', '7.3-gmem', './7.3', 'bzImage']) expect(isReleaseSelector(s)).toBe(false);
+  });
+
+  test('prefix match on whole dot-separated components: 6.1 is not 6.12', () => {
+    expect(releaseMatches('6.1.192', '6.1')).toBe(true);
+    expect(releaseMatches('6.12.117', '6.1')).toBe(false);
+    expect(releaseMatches('6.12.117', '6.12')).toBe(true);
+    expect(releaseMatches('6.12.117', '6')).toBe(true);
+    expect(releaseMatches('7.3.4', '7.3.4')).toBe(true);
+    expect(releaseMatches('7.3.4', '7.3.41')).toBe(false);
+    expect(releaseMatches('7.3.41', '7.3.4')).toBe(false);
+    expect(releaseMatches('7.3', '7.3.4')).toBe(false);
+    expect(releaseMatches('6.12.117-rc1', '6.12.117')).toBe(true);
+    expect(releaseMatches('6.12.1170', '6.12.117')).toBe(false);
+  });
+
+  test('releases order numerically; the series is major.minor', () => {
+    expect(['7.3.4', '6.12.117', '6.1.192', '6.12.9'].sort(compareReleases)).toEqual(['6.1.192', '6.12.9', '6.12.117', '7.3.4']);
+    expect(compareReleases('6.12', '6.12.0')).toBeLessThan(0);
+    expect(compareReleases('7.3.4', '7.3.4')).toBe(0);
+    expect(releaseSeries('6.1.192')).toBe('6.1');
+    expect(releaseSeries('7.3.4-rc1')).toBe('7.3');
+  });
+
+  test('the shared directory and its matrix/ are both looked in, top first', () => {
+    const dirs = sharedKernelDirs('/nonexistent-repo/main');
+    expect(dirs.slice(0, 2)).toEqual(['/nonexistent-repo/shared/testvm', '/nonexistent-repo/shared/testvm/matrix']);
+  });
+
+  test('the release in a bzImage header (kernel_version), or empty for other files', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'testvm-hdr-'));
+    try {
+      const img = Buffer.alloc(0x1000);
+      img.write('HdrS', 0x202, 'latin1');
+      img.writeUInt16LE(0x300, 0x20e);
+      img.write('6.12.117 (root@vm) #1 SMP\0', 0x500, 'latin1');
+      await writeFile(path.join(dir, 'img'), img);
+      await writeFile(path.join(dir, 'text'), 'not a kernel');
+      expect(await readImageRelease(path.join(dir, 'img'))).toBe('6.12.117');
+      expect(await readImageRelease(path.join(dir, 'text'))).toBe('');
+      expect(await readImageRelease(path.join(dir, 'missing'))).toBe('');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('kernel lookup by release', () => {
+  let root: string;
+  let top: string;
+  let matrix: string;
+  let cacheDir: string;
+  const opts = () => ({ sharedDirs: [top, matrix], cacheDir, env: {} });
+
+  beforeAll(async () => {
+    root = await mkdtemp(path.join(tmpdir(), 'testvm-release-'));
+    top = path.join(root, 'shared', 'testvm');
+    matrix = path.join(top, 'matrix');
+    cacheDir = path.join(root, 'cache');
+    for (const d of [top, matrix, cacheDir]) await mkdir(d, { recursive: true });
+    const put = async (dir: string, name: string, sum: 'good' | 'bad' | 'none' = 'good'): Promise<void> => {
+      const file = path.join(dir, name);
+      await writeFile(file, name);
+      if (sum !== 'none') await writeFile(`${file}.sha256`, `${sum === 'good' ? await sha256File(file) : 'f'.repeat(64)}  ${name}\n`);
+    };
+    await put(top, 'bzImage-6.12.117-gmem');
+    await put(matrix, 'bzImage-7.3.4-gmem');
+    await put(matrix, 'bzImage-6.1.192-nogmem');
+    await put(cacheDir, 'bzImage-6.1.192-nogmem', 'none');
+    await put(cacheDir, 'bzImage-7.3.9-gmem', 'bad');
+  });
+  afterAll(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test('nothing given: still the first shared dir with an image (the 6.12 at the top)', async () => {
+    const k = await resolveKernel(opts());
+    expect(k).toMatchObject({ path: path.join(top, 'bzImage-6.12.117-gmem'), source: 'shared', release: '6.12.117', flavour: 'gmem' });
+  });
+
+  test('6.1 picks 6.1.192, not 6.12; the shared copy before the cached one of the same release', async () => {
+    const k = await resolveKernel({ ...opts(), kernel: '6.1' });
+    expect(k).toMatchObject({ path: path.join(matrix, 'bzImage-6.1.192-nogmem'), source: 'option', release: '6.1.192', flavour: 'nogmem' });
+    expect(k.reason).toMatch(/release 6\.1/);
+    expect((await resolveKernel({ ...opts(), kernel: '6.12' })).release).toBe('6.12.117');
+  });
+
+  test('the newest matching release wins, and its checksum is still enforced', async () => {
+    await expect(resolveKernel({ ...opts(), kernel: '7.3' })).rejects.toBeInstanceOf(KernelChecksumError);
+    expect((await resolveKernel({ ...opts(), kernel: '7.3.4' })).path).toBe(path.join(matrix, 'bzImage-7.3.4-gmem'));
+  });
+
+  test(`$${KERNEL_ENV_VAR} takes a release too`, async () => {
+    const k = await resolveKernel({ ...opts(), env: { [KERNEL_ENV_VAR]: '6.1' } });
+    expect(k).toMatchObject({ source: 'env', release: '6.1.192' });
+  });
+
+  test('an unknown release lists what is available, where it looked, and how to build it', async () => {
+    const err = await resolveKernel({ ...opts(), kernel: '6.6' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KernelNotFoundError);
+    const e = err as KernelNotFoundError;
+    expect(e.available).toEqual(['6.1.192', '6.12.117', '7.3.4', '7.3.9']);
+    expect(e.message).toContain('6.1.192, 6.12.117, 7.3.4');
+    expect(e.message).toContain(path.join(matrix, 'bzImage-*'));
+    expect(e.message).toContain(path.join(cacheDir, 'bzImage-*'));
+    expect(e.message).toMatch(/knows only 6\.1, 6\.12, 7\.3/);
+    const buildable = (await resolveKernel({ ...opts(), sharedDirs: [], kernel: '6.12' }).catch((x: unknown) => x)) as Error;
+    expect(buildable.message).toContain('build-kernel --version 6.12');
+  });
+
+  test('a value that is neither a file nor a release is a missing path', async () => {
+    await expect(resolveKernel({ ...opts(), kernel: 'bzImage-nope' })).rejects.toThrow(/does not exist.*digits and dots/);
+  });
+
+  test('listKernels: every image with release, flavour, source, checksum state and the default marked', async () => {
+    const all = await listKernels(opts());
+    expect(all.map((k) => [path.relative(root, k.path), k.release, k.flavour, k.source, k.checksum, k.default])).toEqual([
+      ['shared/testvm/bzImage-6.12.117-gmem', '6.12.117', 'gmem', 'shared', 'verified', true],
+      ['shared/testvm/matrix/bzImage-7.3.4-gmem', '7.3.4', 'gmem', 'shared', 'verified', false],
+      ['shared/testvm/matrix/bzImage-6.1.192-nogmem', '6.1.192', 'nogmem', 'shared', 'verified', false],
+      ['cache/bzImage-7.3.9-gmem', '7.3.9', 'gmem', 'cache', 'mismatch', false],
+      ['cache/bzImage-6.1.192-nogmem', '6.1.192', 'nogmem', 'cache', 'no-checksum-file', false],
+    ]);
+    expect(all[3]!.checksumDetail).toMatch(/does not match/);
+    expect((await listKernels({ ...opts(), verify: false })).every((k) => k.checksum === 'not-checked')).toBe(true);
+  });
+
+  test('matrix: one image per series, ascending, the one resolveKernel picks for it', async () => {
+    expect(await matrixReleases(opts())).toEqual(['6.1', '6.12', '7.3']);
+    const m = await matrixKernels(opts());
+    expect(m.map((k) => [k.series, k.release])).toEqual([
+      ['6.1', '6.1.192'],
+      ['6.12', '6.12.117'],
+      ['7.3', '7.3.9'],
+    ]);
+    expect(m[0]!.path).toBe((await resolveKernel({ ...opts(), kernel: '6.1' })).path);
+  });
+});
+
+// ---------------------------------------------------------------------------
+
 describe('command and environment quoting into the share file', () => {
   const nasty = [
     'plain',
@@ -199,12 +370,7 @@ describe('command and environment quoting into the share file', () => {
 
   test('the script is cd + one export per variable + exec, nothing on the kernel command line', () => {
     const s = buildCommandScript(['true'], '/work/main', { A: "x'y" });
-    expect(s.split('\n').filter(Boolean)).toEqual([
-      expect.stringMatching(/^#/),
-      "cd '/work/main' || exit 125",
-      "A='x'\\''y'; export A",
-      "exec 'true'",
-    ]);
+    expect(s.split('\n').filter(Boolean)).toEqual([expect.stringMatching(/^#/), "cd '/work/main' || exit 125", "A='x'\\''y'; export A", "exec 'true'"]);
   });
 
   test('bad input is refused', () => {
@@ -301,6 +467,101 @@ describe('kernel config fragment check', () => {
   });
 });
 
+describe('kernel recipes per version', () => {
+  const fragmentText = readFileSync(new URL('../tools/testvm/gmem.config', import.meta.url), 'utf8');
+  const fragment = (): Map<string, string> => {
+    const f = parseConfigFragment(fragmentText);
+    f.set('CONFIG_WERROR', 'n');
+    f.set('CONFIG_KVM_WERROR', 'n');
+    return f;
+  };
+
+  test('one recipe per buildable series; 6.1 is nogmem, the others gmem; 7.3 is downloaded, not installed', () => {
+    expect(Object.keys(KERNEL_RECIPES).sort()).toEqual([...BUILDABLE_SERIES].sort());
+    expect(kernelRecipe('6.1')).toMatchObject({ sourcePackage: 'linux-source-6.1', flavour: 'nogmem', fetch: { kind: 'install' } });
+    expect(kernelRecipe('6.12')).toMatchObject({ sourcePackage: 'linux-source-6.12', flavour: 'gmem', fetch: { kind: 'install' } });
+    const r73 = kernelRecipe('7.3');
+    expect(r73).toMatchObject({ sourcePackage: 'linux-source-7.3', flavour: 'gmem', fetch: { kind: 'download', suite: 'trixie-backports' } });
+    expect(recipePackages(r73)).not.toContain('linux-source-7.3');
+    expect(recipePackages(kernelRecipe('6.1'))).toContain('linux-source-6.1');
+    expect(() => kernelRecipe('6.6')).toThrow(/one of 6\.1, 6\.12, 7\.3/);
+    expect(() => kernelRecipe('6.12.117')).toThrow(/--version/);
+  });
+
+  test('image and config names carry the flavour', () => {
+    expect(imageNames('6.1.192', 'nogmem')).toEqual({ image: 'bzImage-6.1.192-nogmem', config: 'config-6.1.192-nogmem' });
+    expect(parseKernelImageName(imageNames('7.3.4', 'gmem').image)).toEqual({ release: '7.3.4', flavour: 'gmem' });
+  });
+
+  test('the 7.3 download reads only its own sources file, lists and cache', () => {
+    const o = isolatedAptOptions('/c/fetch');
+    expect(o.filter((x) => x !== '-o')).toEqual([
+      'Dir::Etc::sourcelist=/c/fetch/sources.list',
+      'Dir::Etc::sourceparts=-',
+      'Dir::State::Lists=/c/fetch/lists',
+      'Dir::Cache=/c/fetch/cache',
+    ]);
+    const f = kernelRecipe('7.3').fetch;
+    expect(f.kind === 'download' && f.sourcesLine).toBe(
+      'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main',
+    );
+  });
+
+  test('only 6.1 expects settings absent, and only symbols 6.1 lacks', () => {
+    expect(Object.keys(kernelRecipe('6.1').expectedAbsent)).toEqual(['CONFIG_KVM_SW_PROTECTED_VM']);
+    expect(kernelRecipe('6.12').expectedAbsent).toEqual({});
+    expect(kernelRecipe('7.3').expectedAbsent).toEqual({});
+  });
+
+  test('an expected-absent setting is excused only while unset and undefined in the tree; everything else still fails', () => {
+    const want = parseConfigFragment('CONFIG_KVM=y\nCONFIG_KVM_SW_PROTECTED_VM=y\nCONFIG_MODULES=n\n');
+    const absent = { CONFIG_KVM_SW_PROTECTED_VM: 'not in 6.1' };
+    const old = parseConfigFragment('CONFIG_KVM=y\n');
+    expect(checkConfigForRecipe(want, old, absent, new Set())).toEqual({ bad: [], absentAsExpected: ['CONFIG_KVM_SW_PROTECTED_VM'] });
+    // Without the excuse the same config fails.
+    expect(checkConfigForRecipe(want, old, {}, new Set()).bad.map((b) => b.name)).toEqual(['CONFIG_KVM_SW_PROTECTED_VM']);
+    // The tree defines it after all (a dependency failed): not excused.
+    const defined = checkConfigForRecipe(want, old, absent, new Set(['CONFIG_KVM_SW_PROTECTED_VM']));
+    expect(defined.bad).toHaveLength(1);
+    expect(defined.bad[0]!.got).toMatch(/Kconfig defines it/);
+    // Set to something else than wanted: not excused.
+    expect(checkConfigForRecipe(want, parseConfigFragment('CONFIG_KVM=y\nCONFIG_KVM_SW_PROTECTED_VM=m\n'), absent, new Set()).bad).toHaveLength(1);
+    // Other mismatches are never excused.
+    const r = checkConfigForRecipe(want, parseConfigFragment('CONFIG_KVM=m\nCONFIG_MODULES=y\n'), absent, new Set());
+    expect(r.bad.map((b) => b.name)).toEqual(['CONFIG_KVM', 'CONFIG_MODULES']);
+    expect(r.absentAsExpected).toEqual(['CONFIG_KVM_SW_PROTECTED_VM']);
+  });
+
+  test('kconfigDefines finds config and menuconfig entries in Kconfig files only', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'testvm-kconfig-'));
+    try {
+      await mkdir(path.join(dir, 'arch', 'x86', 'kvm'), { recursive: true });
+      await writeFile(path.join(dir, 'arch', 'x86', 'kvm', 'Kconfig'), 'menuconfig VIRTUALIZATION\n\tbool\nconfig KVM_AMD\n\ttristate\n');
+      await writeFile(path.join(dir, 'Kconfig.debug'), 'config KVM_SW_PROTECTED_VM_X\n');
+      await writeFile(path.join(dir, 'README'), 'config KVM_SW_PROTECTED_VM\n');
+      const names = ['CONFIG_VIRTUALIZATION', 'CONFIG_KVM_AMD', 'CONFIG_KVM_SW_PROTECTED_VM', 'CONFIG_KVM_SW_PROTECTED_VM_X'];
+      expect([...(await kconfigDefines(dir, names))].sort()).toEqual(['CONFIG_KVM_AMD', 'CONFIG_KVM_SW_PROTECTED_VM_X', 'CONFIG_VIRTUALIZATION']);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  const matrixConfig = (name: string): string => path.join('/work/shared/testvm/matrix', name);
+  test.skipIf(!existsSync(matrixConfig('config-6.1.192-nogmem')))('the shared 6.1 config passes the 6.1 check, and only with its excuse', () => {
+    const got = parseConfigFragment(readFileSync(matrixConfig('config-6.1.192-nogmem'), 'utf8'));
+    expect(checkConfigForRecipe(fragment(), got, kernelRecipe('6.1').expectedAbsent, new Set())).toEqual({
+      bad: [],
+      absentAsExpected: ['CONFIG_KVM_SW_PROTECTED_VM'],
+    });
+    expect(checkConfigForRecipe(fragment(), got, kernelRecipe('7.3').expectedAbsent, new Set()).bad.map((b) => b.name)).toEqual(['CONFIG_KVM_SW_PROTECTED_VM']);
+  });
+
+  test.skipIf(!existsSync(matrixConfig('config-7.3.4-gmem')))('the shared 7.3 config has every fragment setting', () => {
+    const got = parseConfigFragment(readFileSync(matrixConfig('config-7.3.4-gmem'), 'utf8'));
+    expect(checkConfigForRecipe(fragment(), got, kernelRecipe('7.3').expectedAbsent, new Set())).toEqual({ bad: [], absentAsExpected: [] });
+  });
+});
+
 // ---------------------------------------------------------------------------
 
 describe('real boots under QEMU TCG', () => {
@@ -354,4 +615,3 @@ describe('real boots under QEMU TCG', () => {
     120_000,
   );
 });
-

@@ -18,19 +18,29 @@
 // In the test VM (Linux 6.12, kvm-amd under QEMU TCG) both vmcall and vmmcall
 // give KVM_EXIT_HYPERCALL, and the real-mode guest above fails KVM_RUN with
 // EFAULT.
-import { existsSync } from 'node:fs';
 import { describe, expect, onTestFailed, test } from 'vitest';
 import {
-  type Assembler, ClosedError, Guest, type GuestIo, type Kvm, KvmError, mem, MissingCapabilityError, raw, type Regs, type Vm,
-  type VcpuExit, type VmTypeName,
+  type Assembler,
+  ClosedError,
+  Guest,
+  type GuestIo,
+  KvmError,
+  mem,
+  MissingCapabilityError,
+  raw,
+  type Regs,
+  VcpuBusyError,
+  type Vm,
+  type VcpuExit,
+  type VmTypeName,
 } from '../lib/index.js';
-import { hostCaps, newVm, openKvm, vmCaps, type VmHandle } from './helpers.js';
+import { gate, hostCaps, needs, newVm, type VmHandle } from './helpers.js';
 
 const caps = hostCaps();
 // The paravirtualized KVM of the development machines (see the header).
-const kvmPvm = existsSync('/sys/module/kvm_pvm');
+const kvmPvm = needs.kvmModule('kvm_pvm');
 const KVM_HC_MAP_GPA_RANGE = 12;
-const hypercallExitOffered = (caps.exitHypercall & (1 << KVM_HC_MAP_GPA_RANGE)) !== 0;
+const hypercallExit = needs.exitHypercall(KVM_HC_MAP_GPA_RANGE, 'default');
 // An address with no memslot; the long-mode page tables map it (4 GiB identity map).
 const MMIO_GPA = 0xd0000000;
 const KVM_INTERNAL_ERROR_EMULATION = 1;
@@ -50,7 +60,10 @@ function spinner(vm: Vm): Guest {
 }
 
 function expectKind<K extends VcpuExit['kind']>(exit: VcpuExit, kind: K): Extract<VcpuExit, { kind: K }> {
-  expect(exit.kind, JSON.stringify(exit, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))).toBe(kind);
+  expect(
+    exit.kind,
+    JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)),
+  ).toBe(kind);
   return exit as Extract<VcpuExit, { kind: K }>;
 }
 
@@ -223,11 +236,19 @@ describe('exits, each from a small guest', () => {
       a.hlt();
     });
     const w8 = expectKind(g.vcpu.runSync(), 'mmio');
-    expect({ address: w8.address, length: w8.length, isWrite: w8.isWrite, data: [...w8.data] })
-      .toEqual({ address: BigInt(MMIO_GPA), length: 8, isWrite: true, data: [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11] });
+    expect({ address: w8.address, length: w8.length, isWrite: w8.isWrite, data: [...w8.data] }).toEqual({
+      address: BigInt(MMIO_GPA),
+      length: 8,
+      isWrite: true,
+      data: [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11],
+    });
     const w4 = expectKind(g.vcpu.runSync(), 'mmio');
-    expect({ address: w4.address, length: w4.length, isWrite: w4.isWrite, data: [...w4.data] })
-      .toEqual({ address: BigInt(MMIO_GPA + 8), length: 4, isWrite: true, data: [0x88, 0x77, 0x66, 0x55] });
+    expect({ address: w4.address, length: w4.length, isWrite: w4.isWrite, data: [...w4.data] }).toEqual({
+      address: BigInt(MMIO_GPA + 8),
+      length: 4,
+      isWrite: true,
+      data: [0x88, 0x77, 0x66, 0x55],
+    });
     const r = expectKind(g.vcpu.runSync(), 'mmio');
     expect({ address: r.address, length: r.length, isWrite: r.isWrite }).toEqual({ address: BigInt(MMIO_GPA + 0x10), length: 8, isWrite: false });
     r.data.set([1, 2, 3, 4, 5, 6, 7, 8]);
@@ -255,49 +276,52 @@ describe('exits, each from a small guest', () => {
     expectKind(g.vcpu.runSync(), 'shutdown');
   });
 
-  test(kvmPvm
-    ? 'INTERNAL_ERROR: a real-mode guest on a memslot with userspace_addr 0 (kvm_pvm emulates real mode: suberror 1, emulation)'
-    : 'a real-mode guest on a memslot with userspace_addr 0: KVM_RUN fails with EFAULT', () => {
-    using h = newVm();
-    const slot = h.vm.addMemslot({ gpa: 0, size: 0x20000, backing: { kind: 'none' } });
-    expect(slot.userspaceAddr).toBe(0n);
-    using vcpu = h.vm.createVcpu(0);
-    vcpu.setCpuid(h.vm.supportedCpuid());
-    vcpu.updateSregs((s) => {
-      for (const seg of [s.cs, s.ds, s.es, s.ss, s.fs, s.gs]) {
-        seg.base = 0n;
-        seg.selector = 0;
+  test(
+    kvmPvm.met
+      ? 'INTERNAL_ERROR: a real-mode guest on a memslot with userspace_addr 0 (kvm_pvm emulates real mode: suberror 1, emulation)'
+      : 'a real-mode guest on a memslot with userspace_addr 0: KVM_RUN fails with EFAULT',
+    () => {
+      using h = newVm();
+      const slot = h.vm.addMemslot({ gpa: 0, size: 0x20000, backing: { kind: 'none' } });
+      expect(slot.userspaceAddr).toBe(0n);
+      using vcpu = h.vm.createVcpu(0);
+      vcpu.setCpuid(h.vm.supportedCpuid());
+      vcpu.updateSregs((s) => {
+        for (const seg of [s.cs, s.ds, s.es, s.ss, s.fs, s.gs]) {
+          seg.base = 0n;
+          seg.selector = 0;
+        }
+      });
+      vcpu.updateRegs((r) => {
+        r.rip = 0x1000n;
+        r.rflags = 2n;
+      });
+      let exit: VcpuExit | undefined;
+      let err: unknown;
+      try {
+        exit = vcpu.runSync({ timeoutMs: 10_000 });
+      } catch (e) {
+        err = e;
       }
-    });
-    vcpu.updateRegs((r) => {
-      r.rip = 0x1000n;
-      r.rflags = 2n;
-    });
-    let exit: VcpuExit | undefined;
-    let err: unknown;
-    try {
-      exit = vcpu.runSync({ timeoutMs: 10_000 });
-    } catch (e) {
-      err = e;
-    }
-    if (kvmPvm) {
-      // Measured on kvm_pvm: { kind: 'internal-error', suberror: 1, data: [0, 0x1000, 0, 0, 0, 0] }.
-      expect(err).toBeUndefined();
-      const ie = expectKind(exit!, 'internal-error');
-      expect(ie.suberror).toBe(KVM_INTERNAL_ERROR_EMULATION);
-    } else {
-      // A KVM with two-dimensional paging faults the page in from hva 0x1000,
-      // which fails: KVM_RUN answers EFAULT with no exit (measured in the
-      // test VM, 6.12 kvm-amd; kvm_handle_error_pfn does not annotate it).
-      expect(exit).toBeUndefined();
-      expect(err).toBeInstanceOf(KvmError);
-      expect((err as KvmError).code).toBe('EFAULT');
-      expect((err as KvmError).syscall).toBe('ioctl(KVM_RUN)');
-    }
-  });
+      if (kvmPvm.met) {
+        // Measured on kvm_pvm: { kind: 'internal-error', suberror: 1, data: [0, 0x1000, 0, 0, 0, 0] }.
+        expect(err).toBeUndefined();
+        const ie = expectKind(exit!, 'internal-error');
+        expect(ie.suberror).toBe(KVM_INTERNAL_ERROR_EMULATION);
+      } else {
+        // A KVM with two-dimensional paging faults the page in from hva 0x1000,
+        // which fails: KVM_RUN answers EFAULT with no exit (measured in the
+        // test VM, 6.12 kvm-amd; kvm_handle_error_pfn does not annotate it).
+        expect(exit).toBeUndefined();
+        expect(err).toBeInstanceOf(KvmError);
+        expect((err as KvmError).code).toBe('EFAULT');
+        expect((err as KvmError).syscall).toBe('ioctl(KVM_RUN)');
+      }
+    },
+  );
 
   describe('hypercalls (KVM_CAP_EXIT_HYPERCALL)', () => {
-    test.skipIf(!hypercallExitOffered)('KVM_ENABLE_CAP accepts bit 12 (KVM_HC_MAP_GPA_RANGE) and refuses a bit not offered with EINVAL (needs KVM_CAP_EXIT_HYPERCALL with bit 12)', () => {
+    gate(hypercallExit).test('KVM_ENABLE_CAP accepts bit 12 (KVM_HC_MAP_GPA_RANGE) and refuses a bit not offered with EINVAL', () => {
       using h = newVm();
       h.vm.enableCap('EXIT_HYPERCALL', [1n << 12n]);
       let err: unknown;
@@ -314,34 +338,37 @@ describe('exits, each from a small guest', () => {
     // Both instructions work on a hardware KVM: the vendor's own one exits,
     // the other one raises #UD and KVM patches it (KVM_X86_QUIRK_FIX_HYPERCALL_INSN).
     for (const insn of ['vmcall', 'vmmcall'] as const) {
-      test.skipIf(kvmPvm || !hypercallExitOffered)(`${insn}: KVM_HC_MAP_GPA_RANGE exits with nr, args and longmode; ret lands in the guest's RAX (needs KVM_CAP_EXIT_HYPERCALL bit 12 on a KVM whose vmcall exits: not kvm_pvm)`, async () => {
-        using h = newVm();
-        h.vm.enableCap('EXIT_HYPERCALL', [1n << 12n]);
-        using g = longGuest(h.vm, (a, io) => {
-          a.mov('eax', KVM_HC_MAP_GPA_RANGE).mov('ebx', 0x10_0000).mov('ecx', 2).mov('edx', 0x10);
-          a[insn]();
-          io.print('rax');
-          io.done();
-        });
-        const exits: VcpuExit[] = [];
-        const r = await g.runUntilDone({
-          onExit: (exit) => {
-            exits.push(exit);
-            if (exit.kind !== 'hypercall') return false;
-            exit.ret = 0x55n;
-            return true;
-          },
-        });
-        expect(exits).toHaveLength(1);
-        const hc = expectKind(exits[0]!, 'hypercall');
-        expect(hc.nr).toBe(12n);
-        expect(hc.args.slice(0, 3)).toEqual([0x10_0000n, 2n, 0x10n]);
-        expect(hc.longmode).toBe(true);
-        expect(r.prints).toEqual([0x55n]);
-      });
+      gate(hypercallExit, needs.not(kvmPvm, 'a KVM whose vmcall exits (not kvm_pvm)')).test(
+        `${insn}: KVM_HC_MAP_GPA_RANGE exits with nr, args and longmode; ret lands in the guest's RAX`,
+        async () => {
+          using h = newVm();
+          h.vm.enableCap('EXIT_HYPERCALL', [1n << 12n]);
+          using g = longGuest(h.vm, (a, io) => {
+            a.mov('eax', KVM_HC_MAP_GPA_RANGE).mov('ebx', 0x10_0000).mov('ecx', 2).mov('edx', 0x10);
+            a[insn]();
+            io.print('rax');
+            io.done();
+          });
+          const exits: VcpuExit[] = [];
+          const r = await g.runUntilDone({
+            onExit: (exit) => {
+              exits.push(exit);
+              if (exit.kind !== 'hypercall') return false;
+              exit.ret = 0x55n;
+              return true;
+            },
+          });
+          expect(exits).toHaveLength(1);
+          const hc = expectKind(exits[0]!, 'hypercall');
+          expect(hc.nr).toBe(12n);
+          expect(hc.args.slice(0, 3)).toEqual([0x10_0000n, 2n, 0x10n]);
+          expect(hc.longmode).toBe(true);
+          expect(r.prints).toEqual([0x55n]);
+        },
+      );
     }
 
-    test.skipIf(!kvmPvm)('kvm_pvm: vmcall and vmmcall do not exit; the guest stays on the instruction and vmmcall is rewritten to vmcall', () => {
+    gate(kvmPvm).test('kvm_pvm: vmcall and vmmcall do not exit; the guest stays on the instruction and vmmcall is rewritten to vmcall', () => {
       for (const insn of ['vmcall', 'vmmcall'] as const) {
         using h = newVm();
         h.vm.enableCap('EXIT_HYPERCALL', [1n << 12n]);
@@ -410,14 +437,14 @@ describe('runSync() and run(): deadlines, AbortSignal, kick()', () => {
     expectKind(await g.vcpu.run(), 'hlt');
   });
 
-  test('running twice at once: a second run() rejects with Error, runSync() throws; the first run is unaffected', async () => {
+  test('running twice at once: a second run() rejects with VcpuBusyError, runSync() throws it; the first run is unaffected', async () => {
     using h = newVm();
     using g = spinner(h.vm);
     const first = g.vcpu.run();
     const second = g.vcpu.run();
-    await expect(second).rejects.toThrow(/already running/);
-    await expect(second).rejects.not.toBeInstanceOf(ClosedError);
-    expect(() => g.vcpu.runSync()).toThrow(/already running/);
+    await expect(second).rejects.toBeInstanceOf(VcpuBusyError);
+    await expect(second).rejects.toMatchObject({ code: 'ERR_KVM_VCPU_BUSY', vcpu: 0 });
+    expect(() => g.vcpu.runSync()).toThrow(VcpuBusyError);
     expect(g.vcpu.running).toBe(true);
     g.vcpu.kick();
     expectKind(await first, 'interrupted');
@@ -450,16 +477,21 @@ describe('runSync() and run(): deadlines, AbortSignal, kick()', () => {
     using g = spinner(h.vm);
     const p = g.vcpu.run();
     g.vcpu.close();
-    const settled = await Promise.race([p.then(() => 'resolved', (e: unknown) => e), delay(10_000)]);
+    const settled = await Promise.race([
+      p.then(
+        () => 'resolved',
+        (e: unknown) => e,
+      ),
+      delay(10_000),
+    ]);
     expect(settled).toBeInstanceOf(ClosedError);
   });
 });
 
 describe('KVM_PRE_FAULT_MEMORY', () => {
-  const PRE = 'needs KVM_CAP_PRE_FAULT_MEMORY';
   // In the test VM this runs on a 'sw-protected' VM whose memslot has a guest_memfd.
   const type: VmTypeName = caps.vmTypes.includes('sw-protected') ? 'sw-protected' : 'default';
-  const preFault = vmCaps(type)?.preFaultMemory === true;
+  const preFault = gate(needs.preFault(type));
   const SLOT_GPA = 0x10_0000;
   const SLOT_SIZE = 0x20_0000;
 
@@ -471,7 +503,7 @@ describe('KVM_PRE_FAULT_MEMORY', () => {
     return { ...h, vcpu };
   }
 
-  test.skipIf(preFault)('throws MissingCapabilityError naming KVM_CAP_PRE_FAULT_MEMORY (runs where the VM answers 0, as here)', () => {
+  gate(needs.not(needs.preFault('default'))).test('throws MissingCapabilityError naming KVM_CAP_PRE_FAULT_MEMORY', () => {
     using h = newVm();
     h.vm.addMemslot({ gpa: SLOT_GPA, size: SLOT_SIZE });
     using vcpu = h.vm.createVcpu(0);
@@ -488,12 +520,12 @@ describe('KVM_PRE_FAULT_MEMORY', () => {
     expect(m.what).toBe('KVM_PRE_FAULT_MEMORY');
   });
 
-  test.skipIf(!preFault)(`a range inside a memslot is mapped completely: nothing remains (${PRE})`, () => {
+  preFault.test('a range inside a memslot is mapped completely: nothing remains', () => {
     using h = preFaultVm();
     expect(h.vcpu.preFaultMemory({ gpa: SLOT_GPA, size: 0x4000 })).toEqual({ gpa: BigInt(SLOT_GPA + 0x4000), size: 0n });
   });
 
-  test.skipIf(!preFault)(`a range partly outside: partial progress up to the memslot's end, then ENOENT for the rest (${PRE})`, () => {
+  preFault.test("a range partly outside: partial progress up to the memslot's end, then ENOENT for the rest", () => {
     using h = preFaultVm();
     const end = SLOT_GPA + SLOT_SIZE;
     const left = h.vcpu.preFaultMemory({ gpa: end - 0x2000, size: 0x4000 });
@@ -509,7 +541,7 @@ describe('KVM_PRE_FAULT_MEMORY', () => {
     expect((err as KvmError).request).toEqual({ gpa: BigInt(end), size: 0x2000n, flags: 0 });
   });
 
-  test.skipIf(!preFault)(`a range outside every memslot: ENOENT (${PRE})`, () => {
+  preFault.test('a range outside every memslot: ENOENT', () => {
     using h = preFaultVm();
     let err: unknown;
     try {

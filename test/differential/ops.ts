@@ -8,8 +8,8 @@
 // largest gfn any host here maps (2^52 on the development host; a QEMU TCG
 // guest may report only 40 physical address bits), because kvm_mmu_max_gfn()
 // is a host property the model does not know.
-import type { GuestMemfdTarget, MemslotLimits, RegionRequest } from '../../lib/memslot-rules.js';
-import type { MemslotTable, SlotEntry } from '../../lib/memslot-table.js';
+import type { GuestMemfdTarget, MemslotLimits, RegionRequest } from '../../lib/rules/memslot.js';
+import type { MemslotTable, SlotEntry } from '../../lib/model/memslot-table.js';
 import { MemFlag } from '../../lib/index.js';
 
 const PAGE = 4096n;
@@ -200,17 +200,33 @@ function op(label: string, asId: number, id: number, fields: Omit<RegionRequest,
 
 function slotsWhere(ctx: GenContext, pred: (e: SlotEntry) => boolean): SlotEntry[] {
   const out: SlotEntry[] = [];
-  for (let as = 0; as < ctx.limits.addressSpaces; as++) out.push(...ctx.table.gfnIndex(as).entries().map((i) => i.value).filter(pred));
+  for (let as = 0; as < ctx.limits.addressSpaces; as++)
+    out.push(
+      ...ctx.table
+        .gfnIndex(as)
+        .entries()
+        .map((i) => i.value)
+        .filter(pred),
+    );
   return out;
 }
 
 /** The request that re-sends `e` exactly as the kernel holds it. */
 function resend(ctx: GenContext, e: SlotEntry, label: string): GeneratedOp {
   const file = e.gmem === null ? null : (ctx.ownFiles.find((f) => f.target.kind === 'guest-memfd' && f.target.info === e.gmem) ?? null);
-  return op(label, e.asId, e.id, {
-    flags: e.flags, gpa: BigInt(e.baseGfn) * PAGE, size: BigInt(e.npages) * PAGE, userspaceAddr: e.userspaceAddr,
-    guestMemfdOffset: BigInt(e.gmemPgoff) * PAGE,
-  }, file);
+  return op(
+    label,
+    e.asId,
+    e.id,
+    {
+      flags: e.flags,
+      gpa: BigInt(e.baseGfn) * PAGE,
+      size: BigInt(e.npages) * PAGE,
+      userspaceAddr: e.userspaceAddr,
+      guestMemfdOffset: BigInt(e.gmemPgoff) * PAGE,
+    },
+    file,
+  );
 }
 
 function build(rng: Rng, ctx: GenContext, kind: Exclude<keyof typeof OPS, 'wild'>): GeneratedOp {
@@ -219,26 +235,54 @@ function build(rng: Rng, ctx: GenContext, kind: Exclude<keyof typeof OPS, 'wild'
       const asId = validAs(rng, ctx);
       const flags = rng.pick([0, 0, 0, 0, 0, FLAG_LOG, FLAG_LOG, FLAG_RO, FLAG_LOG | FLAG_RO]);
       const garbageOffset = rng.chance(0.1) ? BigInt(rng.int(0x100000)) : 0n;
-      return op('add-plain', asId, freeLowId(rng, ctx, asId), {
-        flags, gpa: gpaOnGrid(rng), size: BigInt(npages(rng)) * PAGE, userspaceAddr: userAddr(rng, ctx), guestMemfdOffset: garbageOffset,
-      }, ignoredFd(rng, ctx));
+      return op(
+        'add-plain',
+        asId,
+        freeLowId(rng, ctx, asId),
+        {
+          flags,
+          gpa: gpaOnGrid(rng),
+          size: BigInt(npages(rng)) * PAGE,
+          userspaceAddr: userAddr(rng, ctx),
+          guestMemfdOffset: garbageOffset,
+        },
+        ignoredFd(rng, ctx),
+      );
     }
     case 'add-gmem': {
       const asId = validAs(rng, ctx);
       const fd = gmemChoice(rng, ctx);
-      return op('add-gmem', asId, freeLowId(rng, ctx, asId), {
-        flags: FLAG_GMEM, gpa: gpaOnGrid(rng), size: BigInt(rng.chance(0.8) ? 1 + rng.int(8) : npages(rng)) * PAGE,
-        userspaceAddr: rng.chance(0.6) ? 0n : userAddr(rng, ctx), guestMemfdOffset: offsetIn(rng, fd),
-      }, fd);
+      return op(
+        'add-gmem',
+        asId,
+        freeLowId(rng, ctx, asId),
+        {
+          flags: FLAG_GMEM,
+          gpa: gpaOnGrid(rng),
+          size: BigInt(rng.chance(0.8) ? 1 + rng.int(8) : npages(rng)) * PAGE,
+          userspaceAddr: rng.chance(0.6) ? 0n : userAddr(rng, ctx),
+          guestMemfdOffset: offsetIn(rng, fd),
+        },
+        fd,
+      );
     }
     case 'delete-existing': {
       const all = slotsWhere(ctx, () => true);
       if (all.length === 0) return build(rng, ctx, 'delete-missing');
       const e = rng.pick(all);
-      return op('delete-existing', e.asId, e.id, {
-        flags: rng.chance(0.5) ? 0 : e.flags, gpa: rng.chance(0.5) ? BigInt(e.baseGfn) * PAGE : gpaOnGrid(rng), size: 0n,
-        userspaceAddr: rng.chance(0.5) ? 0n : e.userspaceAddr, guestMemfdOffset: 0n,
-      }, ignoredFd(rng, ctx));
+      return op(
+        'delete-existing',
+        e.asId,
+        e.id,
+        {
+          flags: rng.chance(0.5) ? 0 : e.flags,
+          gpa: rng.chance(0.5) ? BigInt(e.baseGfn) * PAGE : gpaOnGrid(rng),
+          size: 0n,
+          userspaceAddr: rng.chance(0.5) ? 0n : e.userspaceAddr,
+          guestMemfdOffset: 0n,
+        },
+        ignoredFd(rng, ctx),
+      );
     }
     case 'delete-missing': {
       const asId = validAs(rng, ctx);
@@ -251,7 +295,16 @@ function build(rng: Rng, ctx: GenContext, kind: Exclude<keyof typeof OPS, 'wild'
       const plain = slotsWhere(ctx, (e) => e.gmem === null);
       if (plain.length === 0) return build(rng, ctx, 'add-plain');
       const e = rng.pick(plain);
-      const how = rng.weighted({ move: 34, 'toggle-log': 20, 'move+toggle-log': 8, same: 8, 'toggle-readonly': 7, resize: 7, 'new-uaddr': 7, 'add-gmem-flag': 9 });
+      const how = rng.weighted({
+        move: 34,
+        'toggle-log': 20,
+        'move+toggle-log': 8,
+        same: 8,
+        'toggle-readonly': 7,
+        resize: 7,
+        'new-uaddr': 7,
+        'add-gmem-flag': 9,
+      });
       const o = resend(ctx, e, `modify-plain/${how}`);
       const r = o.request;
       if (how === 'move' || how === 'move+toggle-log') r.gpa = gpaOnGrid(rng);
@@ -291,21 +344,37 @@ function mutate(rng: Rng, ctx: GenContext, o: GeneratedOp, how: keyof typeof WIL
   const nr = ctx.limits.nrMemslots;
   const odd = (): bigint => BigInt(1 + rng.int(4095));
   switch (how) {
-    case 'unaligned-gpa': r.gpa += rng.chance(0.5) ? 0x800n : odd(); break;
-    case 'unaligned-size': r.size += rng.chance(0.5) ? 0x800n : odd(); break;
-    case 'unaligned-uaddr': r.userspaceAddr += odd(); break;
+    case 'unaligned-gpa':
+      r.gpa += rng.chance(0.5) ? 0x800n : odd();
+      break;
+    case 'unaligned-size':
+      r.size += rng.chance(0.5) ? 0x800n : odd();
+      break;
+    case 'unaligned-uaddr':
+      r.userspaceAddr += odd();
+      break;
     // Only breaks a rule when the request has KVM_MEM_GUEST_MEMFD; otherwise ignored.
-    case 'unaligned-offset': r.guestMemfdOffset += odd(); break;
-    case 'unknown-flag': r.flags = (r.flags | rng.pick([1 << 3, 1 << 4, 0x80000000])) >>> 0; break;
-    case 'readonly+gmem': r.flags = FLAG_RO | FLAG_GMEM; break;
-    case 'log+gmem': r.flags = FLAG_LOG | FLAG_GMEM; break;
+    case 'unaligned-offset':
+      r.guestMemfdOffset += odd();
+      break;
+    case 'unknown-flag':
+      r.flags = (r.flags | rng.pick([1 << 3, 1 << 4, 0x80000000])) >>> 0;
+      break;
+    case 'readonly+gmem':
+      r.flags = FLAG_RO | FLAG_GMEM;
+      break;
+    case 'log+gmem':
+      r.flags = FLAG_LOG | FLAG_GMEM;
+      break;
     case 'high-slot-id': {
       // nr-1 and nr-2 are valid ids far from the low ones; the rest are past the end.
       const hi = rng.pick([nr - 1, nr - 2, nr - 1, nr, nr + 1, 32767, 0xffff]);
       r.slot = asId * 65536 + hi;
       break;
     }
-    case 'bad-address-space': r.slot = rng.pick([ctx.limits.addressSpaces, ctx.limits.addressSpaces + 1, 0x7fff]) * 65536 + id; break;
+    case 'bad-address-space':
+      r.slot = rng.pick([ctx.limits.addressSpaces, ctx.limits.addressSpaces + 1, 0x7fff]) * 65536 + id;
+      break;
     case 'gpa-wrap': {
       // gpa + size really passes 2^64 (a gpa near 2^64 that does not wrap is
       // outside the model's domain: the kernel refuses it for the max gfn).
