@@ -2,7 +2,7 @@
 // (c/bench.c), issued through the package's public API.
 import { writeFileSync } from 'node:fs';
 import { apply, Cap, Guest, IntervalMap, judge, Kvm, type MemslotLimits, MemslotTable, type SlotEntry, type Vm } from './api.js';
-import { encodeCpuid, encodeRegs, encodeSregs } from '../../lib/x86/regs.js';
+import { encodeCpuid, encodeRegs, encodeSregs } from '../../lib/kvm/regs.js';
 
 export interface CaseResult {
   nsPerOp: number;
@@ -28,7 +28,14 @@ function openVm(type: 'default' | 'sw-protected'): { kvm: Kvm; vm: Vm; close(): 
   const kvm = Kvm.open();
   try {
     const vm = kvm.createVm({ type });
-    return { kvm, vm, close: () => { vm.close(); kvm.close(); } };
+    return {
+      kvm,
+      vm,
+      close: () => {
+        vm.close();
+        kvm.close();
+      },
+    };
   } catch (e) {
     kvm.close();
     throw e;
@@ -48,7 +55,7 @@ function withVm<T>(type: 'default' | 'sw-protected', f: (vm: Vm, kvm: Kvm) => T)
 function vmSession(type: 'default' | 'sw-protected', setup: (vm: Vm) => (n: number) => number | Promise<number>): Session {
   const v = openVm(type);
   try {
-    return { run: setup(v.vm), close: v.close };
+    return { run: setup(v.vm), close: () => v.close() };
   } catch (e) {
     v.close();
     throw e;
@@ -80,10 +87,16 @@ export function checkExtensionsBatch(): Session {
 export function memslotAddDelete(): Session {
   return vmSession('default', (vm) => {
     const g = vm.createGuestMemfd({ size: 2 << 20 });
-    return (n) => loop(n, () => {
-      vm.addMemslot({ slot: 0, gpa: 0x100000000, size: 2 << 20, guestMemfd: g, backing: { kind: 'none' } }).delete();
-    });
+    return (n) =>
+      loop(n, () => {
+        vm.addMemslot({ slot: 0, gpa: 0x100000000, size: 2 << 20, guestMemfd: g, backing: { kind: 'none' } }).delete();
+      });
   });
+}
+
+/** createGuestMemfd (through the private-fd-table helper thread) + close. */
+export function gmemCreate(): Session {
+  return vmSession('default', (vm) => (n) => loop(n, () => vm.createGuestMemfd({ size: 4096 }).close()));
 }
 
 // Adds n 4 KiB guest_memfd memslots. Besides the per-window cost, replays
@@ -112,8 +125,14 @@ export function memslotScale(n: number): CaseResult {
 function bookkeepingCurve(n: number, vm: Vm, kvm: Kvm): [number, number][] {
   const caps = vm.capabilities();
   const limits: MemslotLimits = {
-    vmId: -1, nrMemslots: caps.nrMemslots, addressSpaces: caps.addressSpaces, guestMemfd: true, readonlyMem: caps.readonlyMem,
-    taskSizeMax: kvm.taskSizeMax, bindingOverlapErrno: 22,
+    vmId: -1,
+    userMemory2: true,
+    nrMemslots: caps.nrMemslots,
+    addressSpaces: caps.addressSpaces,
+    guestMemfd: true,
+    readonlyMem: caps.readonlyMem,
+    taskSizeMax: kvm.taskSizeMax,
+    bindingOverlapErrno: 22,
   };
   const table = new MemslotTable();
   const info = { vmId: -1, size: n * 4096, bindings: new IntervalMap<SlotEntry>(), label: 'bench' };
@@ -121,7 +140,12 @@ function bookkeepingCurve(n: number, vm: Vm, kvm: Kvm): [number, number][] {
   let win = now();
   for (let i = 0; i < n; i++) {
     const c = judge(limits, table, {
-      slot: i, flags: 4, gpa: BigInt(i * 4096), size: 4096n, userspaceAddr: 0n, guestMemfdOffset: BigInt(i * 4096),
+      slot: i,
+      flags: 4,
+      gpa: BigInt(i * 4096),
+      size: 4096n,
+      userspaceAddr: 0n,
+      guestMemfdOffset: BigInt(i * 4096),
       guestMemfd: { kind: 'guest-memfd', info },
     });
     apply(table, c);
@@ -162,9 +186,10 @@ export function writeGuestImage(path: string): void {
 export function kvmRunIo(): Session {
   return vmSession('default', (vm) => {
     const g = ioGuest(vm);
-    return (n) => loop(n, () => {
-      if (g.vcpu.runSync().kind !== 'io') throw new Error('unexpected exit');
-    });
+    return (n) =>
+      loop(n, () => {
+        if (g.vcpu.runSync().kind !== 'io') throw new Error('unexpected exit');
+      });
   });
 }
 

@@ -50,6 +50,7 @@ function allCases(quick: boolean, image: string): Case[] {
     { name: 'check-extension-2thread-c', iterations: q(50_000), c: ['check-extension-mt'], js: cases.checkExtension },
     { name: 'check-extensions-batch32', iterations: q(50_000), c: ['check-extension'], js: cases.checkExtensionsBatch },
     { name: 'memslot-add-delete-2m', iterations: q(500), c: ['memslot-add-delete-2m'], js: cases.memslotAddDelete, target: 1.05 },
+    { name: 'gmem-create-4k', iterations: q(2_000), c: ['gmem-create-4k'], js: cases.gmemCreate },
     { name: 'memslot-scale', iterations: quick ? 4096 : 32_764, c: ['memslot-scale'], js: { oneShot: cases.memslotScale } },
     { name: 'kvm-run-io', iterations: q(5_000), c: ['kvm-run-io', image], js: cases.kvmRunIo, target: 1.05 },
     { name: 'kvm-run-io-async', iterations: q(1_000), c: ['kvm-run-io', image], js: cases.kvmRunIoAsync },
@@ -149,7 +150,11 @@ interface Row {
 function summarize(c: Case, rounds: number, js: number[], cc: number[]): Row {
   const ratios = js.map((j, i) => j / (cc[i] as number));
   const row: Row = {
-    name: c.name, iterations: c.iterations, rounds, jsMedianNs: median(js), cMedianNs: median(cc),
+    name: c.name,
+    iterations: c.iterations,
+    rounds,
+    jsMedianNs: median(js),
+    cMedianNs: median(cc),
     ratio: { median: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) },
   };
   if (c.target !== undefined) {
@@ -217,8 +222,16 @@ function printTable(rows: Row[]): void {
   const lines = rows.map((r) =>
     r.skipped
       ? [r.name, '-', '-', 'skipped', '', '', r.skipped]
-      : [r.name, fmtNs(r.jsMedianNs), fmtNs(r.cMedianNs), r.ratio.median.toFixed(3), r.ratio.min.toFixed(3), r.ratio.max.toFixed(3),
-        r.target === undefined ? '' : `<= ${r.target} ${r.met ? 'met' : 'MISSED'}`]);
+      : [
+          r.name,
+          fmtNs(r.jsMedianNs),
+          fmtNs(r.cMedianNs),
+          r.ratio.median.toFixed(3),
+          r.ratio.min.toFixed(3),
+          r.ratio.max.toFixed(3),
+          r.target === undefined ? '' : `<= ${r.target} ${r.met ? 'met' : 'MISSED'}`,
+        ],
+  );
   const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)));
   const fmt = (l: string[]): string => l.map((x, i) => x.padEnd(widths[i] as number)).join('  ');
   console.log(fmt(head));
@@ -230,7 +243,9 @@ function printTable(rows: Row[]): void {
     console.log('slots   JS/slot     C/slot      bookkeeping/slot  bookkeeping share');
     for (const p of r.curve) {
       if (p.slots % 4096 !== 0 && p.slots !== 1024 && p.slots !== r.iterations) continue;
-      console.log(`${String(p.slots).padEnd(7)} ${fmtNs(p.jsNs).padEnd(11)} ${fmtNs(p.cNs).padEnd(11)} ${fmtNs(p.bookkeepingNs).padEnd(17)} ${((100 * p.bookkeepingNs) / p.jsNs).toFixed(2)}%`);
+      console.log(
+        `${String(p.slots).padEnd(7)} ${fmtNs(p.jsNs).padEnd(11)} ${fmtNs(p.cNs).padEnd(11)} ${fmtNs(p.bookkeepingNs).padEnd(17)} ${((100 * p.bookkeepingNs) / p.jsNs).toFixed(2)}%`,
+      );
     }
   }
 }
@@ -245,7 +260,15 @@ async function main(): Promise<void> {
     const { runInTestVm } = await import('../testvm/index.js');
     compileTwin();
     const r = await runInTestVm({
-      command: ['node', join(ROOT, 'dist/tools/bench/run.js'), '--cases', 'convert-4k,convert-4k-discard', '--json', '/run/testvm/bench.json', ...(args.includes('--quick') ? ['--quick'] : [])],
+      command: [
+        'node',
+        join(ROOT, 'dist/tools/bench/run.js'),
+        '--cases',
+        'convert-4k,convert-4k-discard',
+        '--json',
+        '/run/testvm/bench.json',
+        ...(args.includes('--quick') ? ['--quick'] : []),
+      ],
       cwd: ROOT,
       // One CPU: two under TCG crashed the guest kernel (see tools/testvm).
       cpus: 1,
@@ -260,7 +283,8 @@ async function main(): Promise<void> {
   if (!args.includes('--no-pin') && process.env.KVM_GMEM_BENCH_PINNED !== '1' && cpus().length > 1) {
     const cpu = String(cpus().length - 1);
     const r = spawnSync('taskset', ['-c', cpu, process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
-      stdio: 'inherit', env: { ...process.env, KVM_GMEM_BENCH_PINNED: '1' },
+      stdio: 'inherit',
+      env: { ...process.env, KVM_GMEM_BENCH_PINNED: '1' },
     });
     if (!r.error) {
       process.exitCode = r.status ?? 1;
@@ -283,7 +307,15 @@ async function main(): Promise<void> {
     if (only && !only.includes(c.name)) continue;
     const missing = c.needs?.(kvm) ?? null;
     if (missing) {
-      rows.push({ name: c.name, iterations: c.iterations, rounds: 0, jsMedianNs: NaN, cMedianNs: NaN, ratio: { median: NaN, min: NaN, max: NaN }, skipped: missing });
+      rows.push({
+        name: c.name,
+        iterations: c.iterations,
+        rounds: 0,
+        jsMedianNs: NaN,
+        cMedianNs: NaN,
+        ratio: { median: NaN, min: NaN, max: NaN },
+        skipped: missing,
+      });
       continue;
     }
     const n = typeof c.js === 'function' ? rounds : Math.min(rounds, 3);
@@ -303,4 +335,3 @@ main().catch((e: unknown) => {
   console.error(e);
   process.exitCode = 1;
 });
-
