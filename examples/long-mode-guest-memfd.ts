@@ -26,8 +26,11 @@ export async function main(): Promise<RunResult> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then((r) => console.log(`guest printed ${r.prints.join(', ')} after ${r.exits} exits`), (e) => {
-    console.error(e);
-    process.exitCode = 1;
-  });
+  main().then(
+    (r) => console.log(`guest printed ${r.prints.join(', ')} after ${r.exits} exits`),
+    (e) => {
+      console.error(e);
+      process.exitCode = 1;
+    },
+  );
 }

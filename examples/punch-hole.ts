@@ -41,8 +41,11 @@ export async function main(): Promise<RunResult> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then((r) => console.log(`syncs ${r.syncs.join(', ')}; guest read ${r.prints.join(', ')} after the punch`), (e) => {
-    console.error(e);
-    process.exitCode = 1;
-  });
+  main().then(
+    (r) => console.log(`syncs ${r.syncs.join(', ')}; guest read ${r.prints.join(', ')} after the punch`),
+    (e) => {
+      console.error(e);
+      process.exitCode = 1;
+    },
+  );
 }
