@@ -142,7 +142,12 @@ class GmemHelper {
     }
     // The helper answers once with 0 when its table is private, or errno.
     int status = 0;
-    if (RecvWithFd(sv[0], &status, sizeof status, 0) == -2 || status != 0) {
+    bool answered = RecvWithFd(sv[0], &status, sizeof status, 0) != -2;
+    // The helper's end leaves this process's table either way: with a private
+    // table the helper holds its own copy; without one it has exited. So the
+    // helper costs the process exactly one fd, sock_, for its whole life.
+    close(sv[1]);
+    if (!answered || status != 0) {
       close(sv[0]);  // the helper, if it runs, sees EOF and exits
       return false;
     }

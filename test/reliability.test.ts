@@ -386,6 +386,18 @@ describe("deadlines are the runner thread's own timer", () => {
   });
 });
 
+describe('the guest_memfd helper thread costs the process one fd', () => {
+  // Runs on every kernel: the helper starts with the first
+  // KVM_CREATE_GUEST_MEMFD the addon issues, refused or not (ENOTTY on 6.1,
+  // EINVAL on a VM type without guest_memfd).
+  test('the first create adds one close-on-exec socket (it used to leave both ends of the pair), a second adds nothing', async () => {
+    const r = await reproduce('gmem-helper-fds');
+    expect(r.added).toEqual([{ kind: 'socket:', cloexec: true }]);
+    expect(r.addedBySecond).toBe(0);
+    expect(r.second).toBe(r.first);
+  });
+});
+
 describe('close-on-exec under load', () => {
   // The kernel installs a guest_memfd's fd without O_CLOEXEC; setting it
   // afterwards let 206 of 1,500 children inherit one (13.7%). The fd is now
