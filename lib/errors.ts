@@ -6,12 +6,19 @@ import { errno as E } from './binding/uapi.js';
 
 const errnoMap = getSystemErrorMap();
 
+// errnos this package can report that libuv's table does not name: ETIME
+// (preFaultMemory()'s deadline), EHWPOISON (a memory-fault exit's KVM_RUN).
+const extraErrnos = new Map<number, [string, string]>([
+  [62, ['ETIME', 'timer expired']],
+  [133, ['EHWPOISON', 'memory page has hardware error']],
+]);
+
 export function errnoName(errno: number): string {
-  return errnoMap.get(-errno)?.[0] ?? `E${errno}`;
+  return (errnoMap.get(-errno) ?? extraErrnos.get(errno))?.[0] ?? `E${errno}`;
 }
 
 function errnoText(errno: number): string {
-  return errnoMap.get(-errno)?.[1] ?? 'unknown error';
+  return (errnoMap.get(-errno) ?? extraErrnos.get(errno))?.[1] ?? 'unknown error';
 }
 
 export function hex(v: number | bigint): string {

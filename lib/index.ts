@@ -44,7 +44,7 @@ export {
   type GuestMemfdFlagName,
 } from './binding/uapi.js';
 export * as raw from './binding/raw.js';
-export { Vcpu, type RunOptions } from './kvm/vcpu.js';
+export { PRE_FAULT_TIMEOUT_MS, Vcpu, type RunOptions } from './kvm/vcpu.js';
 export { ExitReason, type VcpuExit, type IoExit, type MmioExit, type HypercallExit, type MemoryFaultExit } from './kvm/vcpu-exit.js';
 export type { Regs, Sregs, Segment, CpuidEntry, DescriptorTable } from './kvm/regs.js';
 export { Assembler, AsmError, mem, offset, type AssembleResult, type Cond, type Mem, type Reg } from './x86/asm.js';

@@ -539,18 +539,43 @@ static void SetCpuid2(const Napi::CallbackInfo& info) {
   if (ioctl(fd, KVMGMEM_SET_CPUID2, c) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_SET_CPUID2)");
 }
 
-// preFaultMemory(vcpuFd, gpa, size, flags) -> { gpa, size } as written back
-// (partial progress returns 0 with the remainder; errors throw).
+// preFaultMemory(vcpuFd, gpa, size, flags, timeoutMs) -> { gpa, size } as
+// written back (partial progress returns 0 with the remainder; errors throw).
+// timeoutMs > 0 bounds the call: kvm_tdp_map_page() retries a fault for as
+// long as it answers RET_PF_RETRY and leaves only on a pending signal, and
+// Linux 6.12 can retry without end (found by the fuzz campaign in the 6.12
+// test VM), which would hang this thread for good. A one-shot kick timer of
+// this thread sends that signal at the deadline: after progress the kernel
+// returns 0 with the remainder, before any it fails with EINTR, reported as
+// ETIME. An EINTR from any other signal sends the rest again.
 static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
   const char* fn = "preFaultMemory";
-  ExpectArgs(info, 4, fn);
+  ExpectArgs(info, 5, fn);
   int fd = FdArg(info, 0, fn, "vcpuFd");
   kvm_pre_fault_memory p;
   std::memset(&p, 0, sizeof p);
   p.gpa = U64Arg(info, 1, fn, "gpa");
   p.size = U64Arg(info, 2, fn, "size");
   p.flags = U64Arg(info, 3, fn, "flags");
-  if (ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_PRE_FAULT_MEMORY)");
+  int32_t timeoutMs = 0;
+  if (!RawSmallInt(info.Env(), info[4], &timeoutMs))
+    throw ArgError(info.Env(), "preFaultMemory: timeoutMs must be an integer 0..2^31-1", kArgValue);
+  if (timeoutMs == 0) {
+    if (ioctl(fd, KVM_PRE_FAULT_MEMORY, &p) < 0) ThrowErrno(info.Env(), errno, "ioctl(KVM_PRE_FAULT_MEMORY)");
+  } else {
+    InstallKickHandler();
+    timer_t timer{};
+    if (CreateKickTimer(&timer, Gettid()) < 0) ThrowErrno(info.Env(), errno, "timer_create");
+    itimerspec its = Millis(timeoutMs);
+    timer_settime(timer, 0, &its, nullptr);
+    int r;
+    int err = 0;
+    bool expired = false;
+    while ((r = ioctl(fd, KVM_PRE_FAULT_MEMORY, &p)) < 0 && (err = errno) == EINTR && !(expired = TimerExpired(timer))) {
+    }
+    timer_delete(timer);
+    if (r < 0) ThrowErrno(info.Env(), expired ? ETIME : err, "ioctl(KVM_PRE_FAULT_MEMORY)");
+  }
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("gpa", U64Value(info.Env(), p.gpa));
   o.Set("size", U64Value(info.Env(), p.size));

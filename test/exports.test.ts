@@ -51,6 +51,7 @@ const RUNTIME_EXPORTS = [
   'MemslotOverlapError',
   'MissingCapabilityError',
   'PAGE_SIZE',
+  'PRE_FAULT_TIMEOUT_MS',
   'RangeWrapError',
   'Selector',
   'UCALL_PORT',

@@ -86,7 +86,7 @@ export interface NativeBinding {
   getSregs(vcpuFd: number, out: Uint8Array): void;
   setSregs(vcpuFd: number, sregs: Uint8Array): void;
   setCpuid2(vcpuFd: number, entries: Uint8Array): void;
-  preFaultMemory(vcpuFd: number, gpa: U64Input, size: U64Input, flags: U64Input): { gpa: U64Input; size: U64Input };
+  preFaultMemory(vcpuFd: number, gpa: U64Input, size: U64Input, flags: U64Input, timeoutMs: number): { gpa: U64Input; size: U64Input };
   /**
    * struct kvm_run as the addon was compiled: offsetof of every field
    * lib/binding/kvm-run.ts names (dotted: 'io.port'), the element counts of

@@ -8,8 +8,15 @@ import { Mapping } from './mapping.js';
 import { native } from '../binding/native.js';
 import { FdResource } from '../binding/resource.js';
 import { readTimeoutMs, toU64, type U64Input } from '../args.js';
-import { Cap } from '../binding/uapi.js';
+import { Cap, errno } from '../binding/uapi.js';
 import { decodeExit, type VcpuExit } from './vcpu-exit.js';
+
+/**
+ * preFaultMemory()'s deadline when none is given. A pre-fault maps pages
+ * that exist (tens of microseconds each, milliseconds under TCG); only a
+ * kernel retrying one fault for ever comes near it.
+ */
+export const PRE_FAULT_TIMEOUT_MS = 5000;
 import { type CpuidEntry, decodeRegs, decodeSregs, encodeCpuid, encodeRegs, encodeSregs, type Regs, REGS_SIZE, type Sregs, SREGS_SIZE } from './regs.js';
 
 export interface RunOptions {
@@ -173,14 +180,28 @@ export class Vcpu extends FdResource {
 
   /**
    * KVM_PRE_FAULT_MEMORY: maps [gpa, gpa + size) into the guest's page
-   * tables ahead of time. Partial progress returns the remainder.
+   * tables ahead of time. Partial progress returns the remainder. Bounded by
+   * `timeoutMs` (default PRE_FAULT_TIMEOUT_MS; 0: none): a kernel that
+   * retries a fault without end (seen on 6.12) would otherwise hold this
+   * thread for good.
    */
-  preFaultMemory(range: { gpa: U64Input; size: U64Input }): { gpa: bigint; size: bigint } {
+  preFaultMemory(range: { gpa: U64Input; size: U64Input }, options?: { timeoutMs?: number }): { gpa: bigint; size: bigint } {
     const gpa = toU64(range.gpa, 'preFaultMemory: gpa');
     const size = toU64(range.size, 'preFaultMemory: size');
+    const given = options?.timeoutMs;
+    const timeoutMs = given === undefined ? PRE_FAULT_TIMEOUT_MS : Math.max(0, readTimeoutMs(given, 'preFaultMemory'));
     const fd = this.#idle('pre-fault memory');
     judgePreFault({ ioctl: this.#vm.checkExtension(Cap.PRE_FAULT_MEMORY) > 0 }, { gpa, size });
-    const r = withRequest({ gpa, size, flags: 0 }, () => native.preFaultMemory(fd, gpa, size, 0));
+    const r = withRequest(
+      { gpa, size, flags: 0 },
+      () => native.preFaultMemory(fd, gpa, size, 0, timeoutMs),
+      (e) =>
+        e === errno.ETIME
+          ? [
+              `no progress within ${timeoutMs} ms: the kernel kept retrying the first page's fault (kvm_tdp_map_page() loops while the fault answers RET_PF_RETRY and leaves only on a signal; Linux 6.12 can retry without end), so the package's deadline interrupted it; nothing was mapped`,
+            ]
+          : [],
+    );
     return { gpa: BigInt(r.gpa), size: BigInt(r.size) };
   }
 
