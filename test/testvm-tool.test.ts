@@ -45,6 +45,7 @@ import {
   kernelRecipe,
   recipePackages,
 } from '../tools/testvm/index.js';
+import { linePrefixer, scheduleOrder } from '../tools/testvm/matrix.js';
 
 // ---------------------------------------------------------------------------
 // What a real boot needs
@@ -314,6 +315,25 @@ describe('kernel lookup by release', () => {
       ['7.3', '7.3.9'],
     ]);
     expect(m[0]!.path).toBe((await resolveKernel({ ...opts(), kernel: '6.1' })).path);
+  });
+});
+
+describe('matrix runs side by side', () => {
+  test('lanes take the newest kernel first (it runs the most tests), numerically: 6.12 after 7.3, before 6.1', () => {
+    const order = scheduleOrder([{ release: '6.1.192' }, { release: '6.12.117' }, { release: '7.3.4' }, { release: '6.12.9' }]);
+    expect(order.map((k) => k.release)).toEqual(['7.3.4', '6.12.117', '6.12.9', '6.1.192']);
+  });
+
+  test('every complete line gets its [release] prefix, chunks split anywhere; flush ends a partial line', () => {
+    const out: string[] = [];
+    const p = linePrefixer('7.3.4', (s) => out.push(s));
+    p.write('ab');
+    expect(out).toEqual([]);
+    p.write('c\nde\n\nf');
+    p.write('g');
+    p.flush();
+    p.flush();
+    expect(out.join('')).toBe('[7.3.4] abc\n[7.3.4] de\n[7.3.4] \n[7.3.4] fg\n');
   });
 });
 

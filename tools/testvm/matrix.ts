@@ -1,22 +1,27 @@
 #!/usr/bin/env node
 // The test-VM matrix (npm run test:vm): the whole vitest suite
 // (vitest.vm.config.ts: every file `npm test` runs) inside each test kernel
-// of the matrix (6.1, 6.12, 7.3), one VM per kernel, one after another; per
+// of the matrix (6.1, 6.12, 7.3), one VM per kernel, one after another, or
+// --jobs N VMs side by side (each is one single-threaded TCG vCPU, so up to
+// one per host CPU: what .ci/run does to stay well inside its time); per
 // kernel the release, wall time and passed/failed/skipped counts, then a
 // summary table. Exits 1 if any kernel failed (tests, skip guard, timeout,
 // crash, or an image of the matrix missing), 2 on a usage error.
 //
-//   node dist/tools/testvm/matrix.js [--kernel 7.3]... [--timeout S] [-- VITEST ARGS...]
+//   node dist/tools/testvm/matrix.js [--kernel 7.3]... [--jobs N] [--timeout S] [-- VITEST ARGS...]
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { BUILDABLE_SERIES, matrixKernels, type MatrixKernel, releaseMatches } from './kernel.js';
 import { findRepoRoot } from './paths.js';
 import { runInTestVm, TestVmCrashError, TestVmTimeoutError } from './vm.js';
 
-const USAGE = `usage: matrix.js [--kernel SERIES]... [--timeout S] [--cpus N] [-- VITEST ARGS...]
+const USAGE = `usage: matrix.js [--kernel SERIES]... [--jobs N] [--timeout S] [--cpus N] [-- VITEST ARGS...]
   Runs vitest (vitest.vm.config.ts) in the test VM once per kernel of the matrix
   (${BUILDABLE_SERIES.join(', ')}), or only those given with --kernel (a release prefix: 7.3, 6.1, 6.12.117).
-  --timeout S   limit per kernel (default 1200 s)
+  --jobs N      VMs side by side (default 1; at most one per host CPU makes sense,
+                each VM being one TCG thread); with more than one, newest kernel
+                first, and each output line starts with [release]
+  --timeout S   limit per kernel, a guard against hangs (default 2400 s)
   --cpus N      guest CPUs (default 1: two crashed the guest under TCG, see README)
   Arguments after -- go to vitest (e.g. test/memslots.test.ts).`;
 
@@ -45,6 +50,8 @@ export interface KernelResult {
 
 export interface MatrixOptions {
   kernels?: string[];
+  /** VMs side by side (default 1, one after another; never more than the kernels). */
+  jobs?: number;
   timeoutMs?: number;
   cpus?: number;
   vitestArgs?: string[];
@@ -56,7 +63,52 @@ export interface MatrixOptions {
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(0)} s`;
 
-async function runOne(k: MatrixKernel, o: Required<Omit<MatrixOptions, 'kernels' | 'signal'>> & { signal: AbortSignal | undefined }): Promise<KernelResult> {
+/**
+ * A writer that prefixes every complete line with `[tag] ` (so the output of
+ * VMs running side by side stays readable); flush() writes what is left.
+ */
+export function linePrefixer(tag: string, write: (s: string) => void): { write: (chunk: string) => void; flush: () => void } {
+  let pending = '';
+  return {
+    write(chunk) {
+      pending += chunk;
+      const end = pending.lastIndexOf('\n');
+      if (end < 0) return;
+      write(
+        pending
+          .slice(0, end + 1)
+          .split(/(?<=\n)/)
+          .map((l) => `[${tag}] ${l}`)
+          .join(''),
+      );
+      pending = pending.slice(end + 1);
+    },
+    flush() {
+      if (pending) write(`[${tag}] ${pending}\n`);
+      pending = '';
+    },
+  };
+}
+
+/**
+ * The order the lanes take kernels in: newest first, because the newer
+ * kernels run the most tests (private memory, two VM types) and take the
+ * longest, so the short runs fill in behind them.
+ */
+export function scheduleOrder<T extends { release: string }>(kernels: readonly T[]): T[] {
+  const key = (r: string): number[] => (r.match(/\d+/g) ?? []).slice(0, 3).map(Number);
+  return [...kernels].sort((a, b) => {
+    const x = key(a.release);
+    const y = key(b.release);
+    for (let i = 0; i < 3; i++) if ((x[i] ?? 0) !== (y[i] ?? 0)) return (y[i] ?? 0) - (x[i] ?? 0);
+    return 0;
+  });
+}
+
+async function runOne(
+  k: MatrixKernel,
+  o: Required<Omit<MatrixOptions, 'kernels' | 'signal' | 'jobs'>> & { signal: AbortSignal | undefined },
+): Promise<KernelResult> {
   const res: KernelResult = {
     series: k.series,
     release: k.release,
@@ -128,7 +180,7 @@ function table(results: readonly KernelResult[]): string {
 /** Runs the matrix; resolves with one result per kernel (a missing series is a failed result). */
 export async function runMatrix(opts: MatrixOptions = {}): Promise<KernelResult[]> {
   const o = {
-    timeoutMs: opts.timeoutMs ?? 1_200_000,
+    timeoutMs: opts.timeoutMs ?? 2_400_000,
     cpus: opts.cpus ?? 1,
     vitestArgs: opts.vitestArgs ?? [],
     repoRoot: opts.repoRoot ?? findRepoRoot(),
@@ -166,28 +218,46 @@ export async function runMatrix(opts: MatrixOptions = {}): Promise<KernelResult[
       });
     } else if (!plan.includes(k)) plan.push(k);
   }
-  for (const k of plan) {
-    if (o.signal?.aborted) {
-      results.push({
-        series: k.series,
-        release: k.release,
-        image: k.path,
-        ok: false,
-        wallMs: 0,
-        exitCode: undefined,
-        summary: undefined,
-        problem: 'not run (interrupted)',
-      });
-      continue;
+  const jobs = Math.max(1, Math.min(opts.jobs ?? 1, plan.length));
+  const queue = scheduleOrder(plan);
+  const done = new Map<MatrixKernel, KernelResult>();
+  const lane = async (): Promise<void> => {
+    for (let k = queue.shift(); k; k = queue.shift()) {
+      if (o.signal?.aborted) {
+        done.set(k, {
+          series: k.series,
+          release: k.release,
+          image: k.path,
+          ok: false,
+          wallMs: 0,
+          exitCode: undefined,
+          summary: undefined,
+          problem: 'not run (interrupted)',
+        });
+        continue;
+      }
+      // One VM at a time streams as it is; side by side, each line says whose it is.
+      const out = jobs > 1 ? linePrefixer(k.release, o.write) : { write: o.write, flush: () => {} };
+      out.write(`\n==== test VM: Linux ${k.release} (${k.path}) ====\n`);
+      const r = await runOne(k, { ...o, write: out.write });
+      out.flush();
+      done.set(k, r);
+      const report = [`\n${line(r)}\n`];
+      for (const t of r.summary?.failedTests ?? []) report.push(`  failed: ${t}\n`);
+      for (const t of r.summary?.failedModules ?? []) report.push(`  failed file: ${t}\n`);
+      for (const t of r.summary?.unjustified ?? []) report.push(`  bad skip: ${t}\n`);
+      o.write(report.join(''));
     }
-    o.write(`\n==== test VM: Linux ${k.release} (${k.path}) ====\n`);
-    const r = await runOne(k, o);
-    results.push(r);
-    o.write(`\n${line(r)}\n`);
-    for (const t of r.summary?.failedTests ?? []) o.write(`  failed: ${t}\n`);
-    for (const t of r.summary?.failedModules ?? []) o.write(`  failed file: ${t}\n`);
-    for (const t of r.summary?.unjustified ?? []) o.write(`  bad skip: ${t}\n`);
-  }
+  };
+  if (jobs > 1)
+    o.write(
+      `\ntest VM matrix: ${plan.length} kernels, ${jobs} VMs at a time (${scheduleOrder(plan)
+        .map((k) => k.release)
+        .join(', ')})\n`,
+    );
+  await Promise.all(Array.from({ length: jobs }, lane));
+  // The table keeps the matrix's order (ascending), whatever order they finished in.
+  for (const k of plan) results.push(done.get(k)!);
   o.write(`\n==== test VM matrix ====\n${table(results)}\n`);
   return results;
 }
@@ -207,10 +277,11 @@ function parse(argv: string[]): MatrixOptions {
       o.vitestArgs = argv.slice(i + 1);
       break;
     } else if (a === '--kernel') o.kernels!.push(...value().split(','));
-    else if (a === '--timeout' || a === '--cpus') {
+    else if (a === '--timeout' || a === '--cpus' || a === '--jobs') {
       const n = Number(value());
       if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${a} needs a positive integer`);
       if (a === '--timeout') o.timeoutMs = n * 1000;
+      else if (a === '--jobs') o.jobs = n;
       else o.cpus = n;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(`${USAGE}\n`);
