@@ -105,20 +105,16 @@ export function scheduleOrder<T extends { release: string }>(kernels: readonly T
   });
 }
 
+/** A kernel's result before (or instead of) a run: not ok, no counts. */
+function notRun(series: string, release: string, image: string, problem: string | undefined): KernelResult {
+  return { series, release, image, ok: false, wallMs: 0, exitCode: undefined, summary: undefined, problem };
+}
+
 async function runOne(
   k: MatrixKernel,
   o: Required<Omit<MatrixOptions, 'kernels' | 'signal' | 'jobs'>> & { signal: AbortSignal | undefined },
 ): Promise<KernelResult> {
-  const res: KernelResult = {
-    series: k.series,
-    release: k.release,
-    image: k.path,
-    ok: false,
-    wallMs: 0,
-    exitCode: undefined,
-    summary: undefined,
-    problem: undefined,
-  };
+  const res = notRun(k.series, k.release, k.path, undefined);
   const started = Date.now();
   let workDir: string | undefined;
   try {
@@ -195,27 +191,9 @@ export async function runMatrix(opts: MatrixOptions = {}): Promise<KernelResult[
     const k = found.filter((x) => releaseMatches(x.release, sel)).at(-1);
     if (!k) {
       const have = found.map((x) => x.release).join(', ') || 'none';
-      results.push({
-        series: sel,
-        release: sel,
-        image: '(none)',
-        ok: false,
-        wallMs: 0,
-        exitCode: undefined,
-        summary: undefined,
-        problem: `no image for ${sel} (found: ${have})`,
-      });
+      results.push(notRun(sel, sel, '(none)', `no image for ${sel} (found: ${have})`));
     } else if (k.checksum === 'mismatch' || k.checksum === 'bad-checksum-file') {
-      results.push({
-        series: sel,
-        release: k.release,
-        image: k.path,
-        ok: false,
-        wallMs: 0,
-        exitCode: undefined,
-        summary: undefined,
-        problem: `checksum: ${k.checksumDetail ?? k.checksum}`,
-      });
+      results.push(notRun(sel, k.release, k.path, `checksum: ${k.checksumDetail ?? k.checksum}`));
     } else if (!plan.includes(k)) plan.push(k);
   }
   const jobs = Math.max(1, Math.min(opts.jobs ?? 1, plan.length));
@@ -224,16 +202,7 @@ export async function runMatrix(opts: MatrixOptions = {}): Promise<KernelResult[
   const lane = async (): Promise<void> => {
     for (let k = queue.shift(); k; k = queue.shift()) {
       if (o.signal?.aborted) {
-        done.set(k, {
-          series: k.series,
-          release: k.release,
-          image: k.path,
-          ok: false,
-          wallMs: 0,
-          exitCode: undefined,
-          summary: undefined,
-          problem: 'not run (interrupted)',
-        });
+        done.set(k, notRun(k.series, k.release, k.path, 'not run (interrupted)'));
         continue;
       }
       // One VM at a time streams as it is; side by side, each line says whose it is.
