@@ -41,11 +41,15 @@ export const PROBE_USAGE = `usage: kvm-gmem probe [--json | --quiet] [--device P
                     attr:private         memory attribute PRIVATE (KVM_CAP_MEMORY_ATTRIBUTES)
                     TYPE:CAP, TYPE:gmem-flag:FLAG, TYPE:attr:private
                                          the same, answered by a VM of type TYPE only
-Exit status: 0 when the device works and every requirement is met; 2 on a
-usage error (an unknown requirement lists the valid names) or when the
-device cannot be opened (the cause and what to do are printed on one line);
+Exit status:
+0 when the report was made and every requirement is met, also
+on a host whose device cannot be opened (no KVM, no permission): the report
+then says why and what to do, and lists no capabilities;
+2 on a usage error (an unknown requirement lists the valid names) or when
+the device is not a KVM device (KVM_GET_API_VERSION fails or is not 12);
 3 when a requirement is not met (one line each on stderr: the requirement,
-what the kernel answered, the release that added it).`;
+what the kernel answered, the release that added it); without a device no
+requirement is met.`;
 
 export interface CapabilityRow {
   /** 'KVM_CAP_USER_MEMORY2' */
@@ -63,7 +67,10 @@ export interface CapabilityRow {
 export interface HostInfo {
   kernelRelease: string;
   device: string;
-  apiVersion: number;
+  /** null when the device could not be opened (see deviceError). */
+  apiVersion: number | null;
+  /** Why the device could not be opened, and what to do (describeOpenFailure()); null when it was. */
+  deviceError: string | null;
   /** Loaded KVM modules (kvm, kvm_intel, kvm_amd, kvm_pvm...), empty if none is visible. */
   kvmModules: string[];
   /** Where kvmModules was read: '/proc/modules', '/sys/module', or null. */
@@ -107,7 +114,8 @@ export interface RequirementResult {
 
 export interface ProbeReport {
   host: HostInfo;
-  system: { capabilities: CapabilityRow[]; decoded: Capabilities };
+  /** What /dev/kvm answers; null when it could not be opened (host.deviceError says why). */
+  system: { capabilities: CapabilityRow[]; decoded: Capabilities } | null;
   vms: VmReport[];
   /** The known-defect probes (knownDefects() of lib/kvm/defects.ts). */
   defects: readonly DefectReport[];
@@ -201,9 +209,19 @@ export function requirementName(r: Requirement): string {
 export function judgeRequirement(report: Pick<ProbeReport, 'host' | 'system' | 'vms'>, given: string, r: Requirement): RequirementResult {
   const requirement = requirementName(r);
   const device = report.host.device;
+  if (report.system === null) {
+    const since =
+      r.kind === 'vm-type'
+        ? CapSince.VM_TYPES
+        : r.kind === 'gmem-flag'
+          ? guestMemfdFlagSince[r.flag]
+          : CapSince[r.kind === 'cap' ? r.cap : 'MEMORY_ATTRIBUTES'];
+    return { given, requirement, met: false, answered: `${device} cannot be opened: ${report.host.deviceError ?? 'unknown error'}`, since };
+  }
+  const system = report.system;
   if (r.kind === 'vm-type') {
-    const bits = report.system.capabilities.find((c) => c.cap === Cap.VM_TYPES)?.value ?? 0;
-    const offered = report.system.decoded.vmTypes;
+    const bits = system.capabilities.find((c) => c.cap === Cap.VM_TYPES)?.value ?? 0;
+    const offered = system.decoded.vmTypes;
     return {
       given,
       requirement,
@@ -222,7 +240,7 @@ export function judgeRequirement(report: Pick<ProbeReport, 'host' | 'system' | '
   const answers: string[] = [];
   let met = false;
   if (r.scope === null) {
-    const sys = valueOf(report.system.capabilities);
+    const sys = valueOf(system.capabilities);
     answers.push(`${device} ${sys === undefined ? '?' : fmt(sys)}`);
     met ||= holds(sys);
   }
@@ -232,7 +250,7 @@ export function judgeRequirement(report: Pick<ProbeReport, 'host' | 'system' | '
     answers.push(v === undefined ? `'${vm.type}' VM: KVM_CREATE_VM failed (${vm.error ?? 'unknown error'})` : `'${vm.type}' VM ${fmt(v)}`);
     met ||= holds(v);
   }
-  if (r.scope !== null && vms.length === 0) answers.push(`no '${r.scope}' VM: the kernel offers ${report.system.decoded.vmTypes.join(', ')}`);
+  if (r.scope !== null && vms.length === 0) answers.push(`no '${r.scope}' VM: the kernel offers ${system.decoded.vmTypes.join(', ')}`);
   return { given, requirement, met, answered: `KVM_CAP_${cap}: ${answers.join(', ')}`, since };
 }
 
@@ -319,18 +337,33 @@ function cpuVirtualizationFlags(): string[] {
   }
 }
 
-/** Builds the report. Throws what Kvm.open throws when the device cannot be used. */
+/**
+ * Builds the report. A device that cannot be opened (missing, no permission)
+ * gives a report without capabilities that says why; a device that opens
+ * but is not KVM throws what Kvm.open throws.
+ */
 export function probe(device = '/dev/kvm', requirements: readonly { given: string; req: Requirement }[] = []): ProbeReport {
-  using kvm = Kvm.open(device);
   const mods = kvmModules();
-  const host: HostInfo = {
+  const hostOf = (apiVersion: number | null, deviceError: string | null): HostInfo => ({
     kernelRelease: release(),
     device,
-    apiVersion: kvm.apiVersion,
+    apiVersion,
+    deviceError,
     kvmModules: mods.names,
     kvmModulesSource: mods.source,
     cpuVirtualizationFlags: cpuVirtualizationFlags(),
-  };
+  });
+  let opened: Kvm;
+  try {
+    opened = Kvm.open(device);
+  } catch (e) {
+    if (!(e instanceof KvmError && e.syscall === 'open')) throw e;
+    const host = hostOf(null, describeOpenFailure(e, device));
+    const judged = requirements.map(({ given, req }) => judgeRequirement({ host, system: null, vms: [] }, given, req));
+    return { host, system: null, vms: [], defects: [], requirements: judged };
+  }
+  using kvm = opened;
+  const host = hostOf(kvm.apiVersion, null);
   const system = { capabilities: capabilityRows((c) => kvm.checkExtension(c)), decoded: kvm.capabilities() };
   const vms = system.decoded.vmTypes.map((type): VmReport => {
     try {
@@ -391,12 +424,19 @@ export function formatReport(r: ProbeReport): string {
   lines.push(
     ...alignColumns([
       ['kernel', `Linux ${h.kernelRelease}`],
-      ['device', `${h.device} (KVM_GET_API_VERSION ${h.apiVersion})`],
+      ['device', r.system === null ? `${h.device}: unavailable` : `${h.device} (KVM_GET_API_VERSION ${h.apiVersion})`],
       ['kvm modules', h.kvmModules.length ? `${h.kvmModules.join(', ')} (from ${h.kvmModulesSource})` : 'none visible'],
       ['cpu flags', h.cpuVirtualizationFlags.length ? h.cpuVirtualizationFlags.join(', ') : 'no vmx/svm (a paravirtualized KVM, or virtualization hidden)'],
-      ['vm types', r.system.decoded.vmTypes.join(', ')],
+      ['vm types', r.system === null ? 'none (no device)' : r.system.decoded.vmTypes.join(', ')],
     ]).map((l) => `  ${l}`),
   );
+  if (r.system === null) {
+    lines.push('', 'No KVM capabilities: the device cannot be opened', `  ${h.deviceError ?? 'unknown error'}`);
+    if (h.kvmModules.length > 0)
+      lines.push(`  (KVM modules are loaded but ${h.device} is not there for this process: the module may have declined to bind, see dmesg)`);
+    lines.push(...requirementLines(r));
+    return lines.join('\n') + '\n';
+  }
   lines.push('', `System capabilities (KVM_CHECK_EXTENSION on ${h.device})`, ...table(r.system.capabilities).map((l) => `  ${l}`));
   for (const vm of r.vms) {
     lines.push('', `VM type '${vm.type}' (KVM_CHECK_EXTENSION on the VM fd)`);
@@ -437,16 +477,20 @@ export function formatReport(r: ProbeReport): string {
       ]).map((l) => `    ${l}`),
     );
   }
-  if (r.requirements.length > 0) {
-    lines.push('', 'Requirements (--require)');
-    lines.push(
-      ...alignColumns([
-        ['requirement', 'met', 'kernel answered', 'added in'],
-        ...r.requirements.map((q) => [q.requirement, q.met ? 'yes' : 'NO', q.answered, `Linux ${q.since}`]),
-      ]).map((l) => `  ${l}`),
-    );
-  }
+  lines.push(...requirementLines(r));
   return lines.join('\n') + '\n';
+}
+
+function requirementLines(r: ProbeReport): string[] {
+  if (r.requirements.length === 0) return [];
+  return [
+    '',
+    'Requirements (--require)',
+    ...alignColumns([
+      ['requirement', 'met', 'kernel answered', 'added in'],
+      ...r.requirements.map((q) => [q.requirement, q.met ? 'yes' : 'NO', q.answered, `Linux ${q.since}`]),
+    ]).map((l) => `  ${l}`),
+  ];
 }
 
 /** Runs `kvm-gmem probe ARGS`; returns the exit status. */

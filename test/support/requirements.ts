@@ -11,9 +11,9 @@
 //         | vm-type:T | module:NAME | env:FACT
 //         | !TERM | any(TERM,TERM,...) | all(TERM,TERM,...)
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { Cap, type CapName, type VmTypeName, vmTypeNames } from '../../lib/binding/uapi.js';
 import { probe } from '../../lib/cli/probe.js';
+import { devKvmUsable } from './dev-kvm.js';
 
 /** Facts of the environment that are not KVM capabilities. */
 export const ENV_FACTS = {
@@ -75,7 +75,7 @@ export function probeFacts(env: NodeJS.ProcessEnv = process.env): Facts {
       return r().host.kernelRelease;
     },
     get kvm() {
-      return rowsToRecord(r().system.capabilities);
+      return rowsToRecord(r().system?.capabilities ?? []);
     },
     get vms() {
       if (!vms) {
@@ -92,7 +92,7 @@ export function probeFacts(env: NodeJS.ProcessEnv = process.env): Facts {
       'outside-testvm': env.TESTVM !== '1',
       unsanitized: env.KVM_GMEM_ADDON === undefined,
       'non-root': process.getuid?.() !== 0,
-      'dev-kvm': existsSync('/dev/kvm'),
+      'dev-kvm': devKvmUsable(),
     },
     tool: hasTool,
   };
