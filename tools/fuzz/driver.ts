@@ -19,7 +19,7 @@
 // sources under vitest (test/fuzz.test.ts) as well as from dist/.
 import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { allHazards, type HazardConfig, hazardList, HAZARDS, havePrlimit, parseHazards } from './hazards.js';
@@ -672,6 +672,17 @@ async function cli(): Promise<number> {
   const { o, findingsFile, jsonFile } = parseArgs(process.argv.slice(2));
   if (!existsSync(childScript())) {
     console.error(`fuzz: ${childScript()} is missing: build first (npx tsc -p tsconfig.json)`);
+    return 2;
+  }
+  // The campaign's checks ask the kernel (tables, fds): without a device every
+  // KVM call would only be ENOENT, and the run would say nothing.
+  try {
+    closeSync(openSync('/dev/kvm', 'r+'));
+  } catch (e) {
+    console.error(
+      `fuzz: /dev/kvm cannot be opened (${(e as NodeJS.ErrnoException).code}): the campaign needs a KVM; ` +
+        'run it inside a test VM: node dist/tools/testvm/cli.js run --overlay . --cpus 1 -- node dist/tools/fuzz/driver.js ARGS',
+    );
     return 2;
   }
   const s = await runCampaign(o);
