@@ -8,6 +8,7 @@ import path from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
 import { describeOpenFailure, type ProbeReport } from '../lib/cli/probe.js';
 import { KvmError } from '../lib/index.js';
+import { gate, needs } from './helpers.js';
 import { bin, buildCli, run } from './support/cli-run.js';
 
 beforeAll(buildCli, 300_000);
@@ -80,23 +81,21 @@ describe('kvm-gmem probe on a device that cannot be opened', () => {
     expect(describeOpenFailure(e, '/tmp')).toBe(e.message.split('\n')[0]);
   });
 
-  test.skipIf(process.getuid?.() === 0)(
-    'a device without permissions: EACCES advice in the report, exit 0 (needs to run as a user other than root: root ignores file modes)',
-    () => {
-      const dir = mkdtempSync(path.join(tmpdir(), 'kvm-gmem-cli-'));
-      try {
-        const file = path.join(dir, 'kvm');
-        writeFileSync(file, '');
-        chmodSync(file, 0o000);
-        const r = run(['probe', '--device', file]);
-        expect(r.status).toBe(0);
-        expect(r.stdout).toContain('EACCES');
-        expect(r.stdout).toContain("'kvm' group");
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  );
+  // Root ignores file modes, so this runs only as another user.
+  gate(needs.env('non-root')).test('a device without permissions: EACCES advice in the report, exit 0', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'kvm-gmem-cli-'));
+    try {
+      const file = path.join(dir, 'kvm');
+      writeFileSync(file, '');
+      chmodSync(file, 0o000);
+      const r = run(['probe', '--device', file]);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toContain('EACCES');
+      expect(r.stdout).toContain("'kvm' group");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('kvm-gmem usage', () => {

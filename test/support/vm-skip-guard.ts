@@ -16,10 +16,9 @@ import type { Reporter, TestModule, Vitest } from 'vitest/node';
 import { evaluate, type Facts, probeFacts, serialize, tokensIn } from './requirements.js';
 
 // Skips in files whose owners have not converted them to gate() yet, by the
-// reason their names give (not by test name): neither is a kernel capability.
+// reason their names give (not by test name): not a kernel capability.
 const KNOWN_REASONS: readonly { re: RegExp; why: string }[] = [
   { re: /\(SKIPPED: already inside the test VM\b/, why: 'boots QEMU itself (test/testvm-tool.test.ts)' },
-  { re: /, so not as root\)/, why: 'needs a non-root user (test/cli.test.ts)' },
 ];
 
 export interface SkipVerdict {
