@@ -48,6 +48,12 @@ export interface CampaignOptions {
   hazards: HazardConfig;
   /** A child that reports nothing for this long is killed (a hang). */
   hangMs: number;
+  /**
+   * The same bound for a child's start-up (node, the modules, the baseline),
+   * when longer than hangMs (default 60 s): a sanitized node, or any node
+   * under QEMU TCG with another VM beside it, can take over 10 s to start.
+   */
+  startupMs?: number;
   /** Wall-clock bound of the whole campaign (children stop making calls), or null. */
   timeLimitMs: number | null;
   /** Fresh children started for a slot after crashes and hangs. */
@@ -275,14 +281,17 @@ function runChild(cfg: ChildConfig, o: CampaignOptions): Promise<ChildResult> {
   };
 
   let timer: NodeJS.Timeout;
-  const arm = (): void => {
+  const arm = (ms = o.hangMs): void => {
     clearTimeout(timer);
     timer = setTimeout(() => {
       hung = true;
       child.kill('SIGKILL');
-    }, o.hangMs);
+    }, ms);
   };
-  arm();
+  // Until the child's baseline is taken ('ready'), the start-up bound.
+  const startupMs = Math.max(o.hangMs, o.startupMs ?? 60_000);
+  let ready = false;
+  arm(startupMs);
 
   const onLine = (l: Line): void => {
     switch (l.t) {
@@ -336,6 +345,7 @@ function runChild(cfg: ChildConfig, o: CampaignOptions): Promise<ChildResult> {
         if (o.replay) o.log(`    fds/mappings: ${String(l.detail)}`);
         break;
       case 'ready':
+        ready = true;
         if (o.replay)
           o.log(
             `child pid ${String(l.pid)}: ${String(l.fds)} fds open at the baseline, RLIMIT_NOFILE ${String(l.nofile ?? 'unchanged')}, RLIMIT_AS ${String(l.asBytes ?? 'unchanged')}`,
@@ -350,7 +360,7 @@ function runChild(cfg: ChildConfig, o: CampaignOptions): Promise<ChildResult> {
   const reports = child.stdio[3] as NodeJS.ReadableStream;
   reports.setEncoding('utf8');
   reports.on('data', (chunk: string | Buffer) => {
-    arm();
+    arm(ready ? o.hangMs : startupMs);
     buf += String(chunk);
     let nl: number;
     while ((nl = buf.indexOf('\n')) >= 0) {
@@ -388,7 +398,7 @@ function runChild(cfg: ChildConfig, o: CampaignOptions): Promise<ChildResult> {
           last.desc,
           done !== null
             ? `the process did not exit within ${o.hangMs} ms after its final report (something keeps the event loop alive)`
-            : `no progress for ${o.hangMs} ms during this call${lastWorker ? ` (worker: ${lastWorker})` : ''}`,
+            : `no progress for ${ready ? o.hangMs : startupMs} ms during this call${lastWorker ? ` (worker: ${lastWorker})` : ''}`,
           ctx,
         );
       } else if (done === null) {
@@ -655,6 +665,7 @@ function parseArgs(argv: string[]): { o: CampaignOptions; findingsFile: string |
       calls: perChild,
       parallel: num('--parallel', 2),
       hangMs: num('--hang-ms', 10_000),
+      startupMs: num('--startup-ms', 60_000),
       timeLimitMs: timeLimit === undefined ? null : Number(timeLimit) * 1000,
       maxRespawns: num('--max-respawns', 200),
       nofileHeadroom: limit('--nofile-headroom'),
