@@ -6,6 +6,7 @@ export { Vm, type GuestMemfdOptions, type MemslotOptions } from './kvm/vm.js';
 export { GuestMemfd, type BoundRange } from './kvm/guest-memfd.js';
 export { Memslot, type MemslotBacking } from './kvm/memslot.js';
 export { Mapping } from './kvm/mapping.js';
+export type { ProbeAccess, ProbeResult } from './binding/probe.js';
 export { ConversionError, type ConversionOptions, type ConversionRecord, type DiscardStep, type GpaRange } from './kvm/conversion.js';
 export type { Capabilities } from './kvm/capabilities.js';
 export type { AttributeRange } from './model/attributes.js';
@@ -39,6 +40,9 @@ export {
   GuestMemfdFlag,
   VmType,
   PAGE_SIZE,
+  Falloc,
+  Mmap,
+  errno,
   type CapName,
   type VmTypeName,
   type GuestMemfdFlagName,

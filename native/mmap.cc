@@ -1,4 +1,6 @@
-// Memory mappings handed to JavaScript: mmap(2), munmap(2), madvise(2).
+// Memory mappings handed to JavaScript: mmap(2), munmap(2), madvise(2), and
+// memory probes that turn SIGBUS/SIGSEGV into values (sigaction(2),
+// sigsetjmp(3)), as the kernel selftests' TEST_EXPECT_SIGBUS does.
 // A mapping is a handle (an External) plus views: external ArrayBuffers over
 // parts of it, none longer than Node's largest external buffer (2^32 bytes
 // on Node 20), so a memslot's memory may be as large as the kernel allows.
@@ -13,9 +15,15 @@
 
 #include <unistd.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cerrno>
+#include <csetjmp>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "addon.h"
@@ -221,7 +229,166 @@ static void Madvise(const Napi::CallbackInfo& info) {
   if (madvise(static_cast<char*>(m->addr) + offset, length, static_cast<int>(advice)) < 0) ThrowErrno(info.Env(), errno, "madvise");
 }
 
+// ---- probes: touch memory, and get a fault back as a value --------------
+//
+// While a probe runs, SIGBUS and SIGSEGV go to ProbeHandler. A fault of the
+// probing thread inside the probed range jumps back (siglongjmp) and the
+// probe reports the signal and the address; any other fault (another thread,
+// e.g. V8's WebAssembly trap handler) is passed to the handler that was
+// installed before, as if ours were not there. One probe at a time in the
+// process (the handlers are process-wide); the previous handlers are back
+// when the probe returns. The handler calls only async-signal-safe code
+// (pthread_self, pthread_equal, siglongjmp), never JavaScript.
+namespace {
+
+struct ProbeState {
+  sigjmp_buf env;
+  uintptr_t lo = 0, hi = 0;
+  int sig = 0;
+  uintptr_t addr = 0;
+};
+
+std::mutex gProbeMutex;
+std::atomic<ProbeState*> gProbe{nullptr};
+pthread_t gProbeThread;
+struct sigaction gOldBus, gOldSegv;
+
+void Chain(int sig, siginfo_t* si, void* uc) {
+  struct sigaction* old = sig == SIGBUS ? &gOldBus : &gOldSegv;
+  if (old->sa_flags & SA_SIGINFO) {
+    if (old->sa_sigaction != nullptr) old->sa_sigaction(sig, si, uc);
+    return;
+  }
+  if (old->sa_handler == SIG_IGN) return;
+  if (old->sa_handler == SIG_DFL) {
+    // Returning re-runs the faulting instruction, which then takes the
+    // default action (the process dies as it would have without the probe).
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, nullptr);
+    return;
+  }
+  old->sa_handler(sig);
+}
+
+void ProbeHandler(int sig, siginfo_t* si, void* uc) {
+  ProbeState* p = gProbe.load(std::memory_order_acquire);
+  uintptr_t a = reinterpret_cast<uintptr_t>(si->si_addr);
+  if (p != nullptr && pthread_equal(pthread_self(), gProbeThread) && a >= p->lo && a < p->hi) {
+    p->sig = sig;
+    p->addr = a;
+    siglongjmp(p->env, 1);
+  }
+  Chain(sig, si, uc);
+}
+
+struct ProbeResult {
+  int sig;         // 0, SIGBUS or SIGSEGV
+  uintptr_t addr;  // the faulting address
+  size_t done;     // bytes read or written before the fault
+};
+
+// Reads (write == false; into `copy` when given) or writes `byte` to every
+// byte of [addr, addr + len) in order; stops at the first fault.
+ProbeResult Probe(char* addr, size_t len, bool write, uint8_t byte, uint8_t* copy) {
+  std::lock_guard<std::mutex> lock(gProbeMutex);
+  ProbeState st;
+  st.lo = reinterpret_cast<uintptr_t>(addr);
+  st.hi = st.lo + len;
+  volatile size_t done = 0;
+  struct sigaction sa {};
+  sa.sa_sigaction = ProbeHandler;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  gProbeThread = pthread_self();
+  sigaction(SIGBUS, &sa, &gOldBus);
+  sigaction(SIGSEGV, &sa, &gOldSegv);
+  gProbe.store(&st, std::memory_order_release);
+  ProbeResult r{0, 0, 0};
+  if (sigsetjmp(st.env, 1) == 0) {
+    volatile char* p = addr;
+    for (size_t i = 0; i < len; i++) {
+      if (write)
+        p[i] = static_cast<char>(byte);
+      else if (copy != nullptr)
+        copy[i] = static_cast<uint8_t>(p[i]);
+      else
+        (void)p[i];
+      done = i + 1;
+    }
+  } else {
+    r.sig = st.sig;
+    r.addr = st.addr;
+  }
+  r.done = done;
+  gProbe.store(nullptr, std::memory_order_release);
+  sigaction(SIGBUS, &gOldBus, nullptr);
+  sigaction(SIGSEGV, &gOldSegv, nullptr);
+  return r;
+}
+
+// Probes and returns { result, address, done, data }: data holds the bytes
+// read before any fault (reads only; null for writes).
+Napi::Value RunProbe(Napi::Env env, char* addr, uint64_t length, bool write, uint8_t byte) {
+  Napi::Value data = env.Null();
+  uint8_t* copy = nullptr;
+  if (!write) {
+    if (length > Data(env).maxView)
+      throw ArgRangeError(env, "probe: a read probe copies what it reads: at most " + std::to_string(Data(env).maxView) + " bytes");
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, static_cast<size_t>(length));
+    copy = static_cast<uint8_t*>(ab.Data());
+    data = ab;
+  }
+  ProbeResult r = Probe(addr, static_cast<size_t>(length), write, byte, copy);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("data", data);
+  o.Set("result", Napi::String::New(env, r.sig == 0 ? "ok" : r.sig == SIGBUS ? "SIGBUS" : "SIGSEGV"));
+  o.Set("address", r.sig == 0 ? env.Null() : Napi::Value(Napi::BigInt::New(env, static_cast<uint64_t>(r.addr))));
+  o.Set("done", Napi::Number::New(env, static_cast<double>(r.done)));
+  return o;
+}
+
+bool WriteArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (!info[i].IsBoolean()) throw ArgError(info.Env(), std::string(fn) + ": write must be a boolean");
+  return info[i].As<Napi::Boolean>().Value();
+}
+
+}  // namespace
+
+// probeMapping(handle, offset, length, write, byte) -> { result, address, done }
+static Napi::Value ProbeMapping(const Napi::CallbackInfo& info) {
+  const char* fn = "probeMapping";
+  ExpectArgs(info, 5, fn);
+  Mapping* m = HandleArg(info, 0, fn);
+  uint64_t offset = U64Arg(info, 1, fn, "offset");
+  uint64_t length = U64Arg(info, 2, fn, "length");
+  bool write = WriteArg(info, 3, fn);
+  uint32_t byte = U32Arg(info, 4, fn, "byte");
+  if (byte > 255) throw ArgRangeError(info.Env(), std::string(fn) + ": byte must be 0..255");
+  CheckRange(info, m, offset, length, fn);
+  // A runner thread's kvm_run page, or a view being detached, is not ours to scribble on.
+  if (write && m->pins > 0) throw ArgError(info.Env(), std::string(fn) + ": a vCPU runner thread is using this mapping", kArgValue);
+  return RunProbe(info.Env(), static_cast<char*>(m->addr) + offset, length, write, static_cast<uint8_t>(byte));
+}
+
+// probeAddress(address, length, write, byte): the same on any address (the
+// raw layer: a write can corrupt the process's own memory).
+static Napi::Value ProbeAddress(const Napi::CallbackInfo& info) {
+  const char* fn = "probeAddress";
+  ExpectArgs(info, 4, fn);
+  uint64_t address = U64Arg(info, 0, fn, "address");
+  uint64_t length = U64Arg(info, 1, fn, "length");
+  bool write = WriteArg(info, 2, fn);
+  uint32_t byte = U32Arg(info, 3, fn, "byte");
+  if (byte > 255) throw ArgRangeError(info.Env(), std::string(fn) + ": byte must be 0..255");
+  if (length > UINTPTR_MAX - address) throw ArgRangeError(info.Env(), std::string(fn) + ": address + length wraps");
+  return RunProbe(info.Env(), reinterpret_cast<char*>(static_cast<uintptr_t>(address)), length, write, static_cast<uint8_t>(byte));
+}
+
 void InitMmap(Napi::Env env, Napi::Object exports) {
+  exports.Set("probeMapping", Napi::Function::New(env, ProbeMapping, "probeMapping"));
+  exports.Set("probeAddress", Napi::Function::New(env, ProbeAddress, "probeAddress"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("mappingView", Napi::Function::New(env, MappingView, "mappingView"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));

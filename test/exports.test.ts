@@ -11,10 +11,14 @@ import ts from 'typescript';
 import { describe, expect, test } from 'vitest';
 import * as errors from '../lib/errors.js';
 import * as lib from '../lib/index.js';
+import * as selftest from '../lib/selftest/index.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 const RUNTIME_EXPORTS = [
+  'Falloc',
+  'Mmap',
+  'errno',
   'AddonLoadError',
   'AlignmentError',
   'AsmError',
@@ -78,6 +82,7 @@ const RAW_EXPORTS = [
   'fallocate',
   'fstat',
   'isCloexec',
+  'probeMemory',
   'setMemoryAttributes',
   'setUserMemoryRegion',
   'setUserMemoryRegion2',
@@ -85,6 +90,8 @@ const RAW_EXPORTS = [
 
 /** Exports that exist only as types (erased at run time). */
 const TYPE_EXPORTS = [
+  'ProbeAccess',
+  'ProbeResult',
   'AssembleResult',
   'AttributeRange',
   'BoundRange',
@@ -123,9 +130,38 @@ const TYPE_EXPORTS = [
 
 const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
+// kvm-gmem/selftest (lib/selftest/index.ts): the KTAP harness and its assertions.
+const SELFTEST_EXPORTS = [
+  'Harness',
+  'KSFT_FAIL',
+  'KSFT_PASS',
+  'KSFT_SKIP',
+  'SelftestAssertionError',
+  'SelftestSkip',
+  'SelftestUsageError',
+  'assert',
+  'assertEq',
+  'assertErrno',
+  'assertNe',
+  'assertThrows',
+  'configure',
+  'diag',
+  'requires',
+  'run',
+  'skip',
+  'test',
+];
+
 describe('the package exports', () => {
   test('runtime exports of the package entry, by name', () => {
     expect(Object.keys(lib).sort(byName)).toEqual([...RUNTIME_EXPORTS].sort(byName));
+  });
+
+  test('kvm-gmem/selftest: its runtime exports by name, published in package.json, its errors extending KvmGmemError', () => {
+    expect(Object.keys(selftest).sort(byName)).toEqual([...SELFTEST_EXPORTS].sort(byName));
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { types: string; default: string }> };
+    expect(pkg.exports['./selftest']).toEqual({ types: './dist/lib/selftest/index.d.ts', default: './dist/lib/selftest/index.js' });
+    for (const cls of [selftest.SelftestAssertionError, selftest.SelftestSkip, selftest.SelftestUsageError]) expect(cls.prototype).toBeInstanceOf(lib.KvmGmemError);
   });
 
   test('the raw layer (export * as raw) is public: its runtime exports, by name', () => {

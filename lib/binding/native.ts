@@ -16,6 +16,13 @@ export interface FstatResult {
 }
 
 /** A mapping: its handle, its address and the view of its first maxView bytes. */
+export interface NativeProbe {
+  result: 'ok' | 'SIGBUS' | 'SIGSEGV';
+  address: bigint | null;
+  done: number;
+  data: ArrayBuffer | null;
+}
+
 export interface NativeMapping {
   handle: object;
   buffer: ArrayBuffer;
@@ -66,6 +73,9 @@ export interface NativeBinding {
   /** Detaches the views given, then unmaps. */
   munmap(handle: object, views: ArrayBuffer[]): void;
   madvise(handle: object, offset: U64Input, length: U64Input, advice: number): void;
+  /** Reads (into data) or writes `byte` over the range with SIGBUS/SIGSEGV caught; stops at the first fault. */
+  probeMapping(handle: object, offset: U64Input, length: U64Input, write: boolean, byte: number): NativeProbe;
+  probeAddress(address: U64Input, length: U64Input, write: boolean, byte: number): NativeProbe;
   // vcpu.cc
   createVcpu(vmFd: number, id: number): number;
   /**

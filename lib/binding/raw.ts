@@ -6,6 +6,7 @@
 import { withRequest as call } from '../errors.js';
 import type { U64Input } from '../args.js';
 import { type FstatResult, native } from './native.js';
+import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from './probe.js';
 import { FdResource } from './resource.js';
 
 type FdLike = number | { readonly fd: number };
@@ -95,4 +96,15 @@ export function fstat(f: FdLike): FstatResult {
 /** Whether FD_CLOEXEC is set on `fd`. */
 export function isCloexec(f: FdLike): boolean {
   return native.fdCloexec(fdOf(f));
+}
+
+/**
+ * Reads or writes `byte` over [address, address + length) of this process's
+ * memory with SIGBUS and SIGSEGV caught, as Mapping.probe() does on a
+ * mapping: the fault comes back as a value. Unchecked: a write lands
+ * wherever `address` points, the process's own heap included.
+ */
+export function probeMemory(address: U64Input, length: U64Input, access: ProbeAccess = 'read', byte = 0): ProbeResult {
+  const a = probeArgs(access, byte, 'raw.probeMemory');
+  return probeResult(native.probeAddress(address, length, a.write, a.byte));
 }

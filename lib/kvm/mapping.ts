@@ -12,8 +12,9 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { ClosedError, MappingInUseError } from '../errors.js';
 import { native } from '../binding/native.js';
+import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from '../binding/probe.js';
 import { Mmap } from '../binding/uapi.js';
-import { rangeError, toU64, type U64Input } from '../args.js';
+import { argError, rangeError, toU32, toU64, typeCode, type U64Input } from '../args.js';
 
 const MAX_VIEW = bufferConstants.MAX_LENGTH;
 const STRIDE = Math.floor(MAX_VIEW / 2);
@@ -42,6 +43,11 @@ export class Mapping implements Disposable {
   #live: Live | null;
   readonly address: bigint;
   readonly length: number;
+  /**
+   * false for Mapping.unchecked(): touching it may fault, so it has no views;
+   * read and write it with probe().
+   */
+  readonly checked: boolean;
   // Memslots using this mapping without owning it, by name; and whether the
   // owner has let go (unmap when the last one is released).
   readonly #users: string[] = [];
@@ -63,10 +69,11 @@ export class Mapping implements Disposable {
     };
   }
 
-  private constructor(m: { handle: object; buffer: ArrayBuffer; address: bigint }, length: number) {
+  private constructor(m: { handle: object; buffer: ArrayBuffer; address: bigint }, length: number, checked = true) {
     this.#live = { handle: m.handle, windows: new Map([[0, m.buffer]]), exact: [] };
     this.address = m.address;
     this.length = length;
+    this.checked = checked;
   }
 
   /** MAP_SHARED|MAP_ANONYMOUS read-write memory (shmem, so MADV_REMOVE frees it). */
@@ -88,6 +95,27 @@ export class Mapping implements Disposable {
     return new Mapping(m, len);
   }
 
+  /**
+   * mmap(2) as asked, for tests of what the kernel does with a mapping: any
+   * `prot` (PROT_*) and `flags` (MAP_*: MAP_SHARED or MAP_PRIVATE, MAP_ANONYMOUS
+   * without an fd, MAP_NORESERVE, MAP_HUGETLB...; MAP_FIXED is refused, it
+   * could replace live memory), any fd and offset, with none of the
+   * file-size and guest_memfd checks of sharedFile(). Such a mapping may
+   * fault, so it offers no views (bytes() and dataView() throw): probe()
+   * reads and writes it, and a SIGBUS or SIGSEGV comes back as a value.
+   */
+  static unchecked(o: { length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number }): Mapping {
+    const len = mappingLength(o.length, 'Mapping.unchecked: length');
+    const fd = o.fd ?? -1;
+    const offset = toU64(o.offset ?? 0, 'Mapping.unchecked: offset');
+    const prot = toU32(o.prot ?? Mmap.PROT_READ | Mmap.PROT_WRITE, 'Mapping.unchecked: prot');
+    const flags = toU32(o.flags ?? (fd === -1 ? Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS : Mmap.MAP_SHARED), 'Mapping.unchecked: flags');
+    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < -1)
+      throw argError(`Mapping.unchecked: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
+    const m = native.mmap(fd, len, prot, flags, offset, false);
+    return new Mapping(m, len, false);
+  }
+
   /** @internal A vCPU's kvm_run page (an anonymous inode: no file size to check). */
   static vcpuRun(fd: number, length: number): Mapping {
     const m = native.mmap(fd, length, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED, 0, false);
@@ -103,12 +131,17 @@ export class Mapping implements Disposable {
     return this.#live;
   }
 
+  #checkRange(offset: number, length: number, what: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
+      throw rangeError(`${what} [${offset}, ${offset + length}) is outside the mapping (length ${this.length})`);
+    }
+  }
+
   /** The ArrayBuffer and the offset in it that hold [offset, offset + length). */
   #locate(offset: number, length: number, op: string): [ArrayBuffer, number] {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
-      throw rangeError(`view [${offset}, ${offset + length}) is outside the mapping (length ${this.length})`);
-    }
+    this.#checkRange(offset, length, 'view');
     const live = this.#use(op);
+    if (!this.checked) throw argError('Mapping.unchecked() has no views (touching it may fault): read and write it with probe()');
     const first = live.windows.get(0) as ArrayBuffer;
     if (offset + length <= first.byteLength) return [first, offset];
     if (length > MAX_VIEW) {
@@ -140,6 +173,31 @@ export class Mapping implements Disposable {
   dataView(offset = 0, length = this.length - offset): DataView {
     const [b, o] = this.#locate(offset, length, 'create a view');
     return new DataView(b, o, length);
+  }
+
+  /**
+   * Reads (`data` holds a copy of what was read) or writes `byte` to every
+   * byte of [offset, offset + length), in order, with SIGBUS and SIGSEGV
+   * caught: a fault stops the probe and comes back as the result, with its
+   * address, instead of killing the process (TEST_EXPECT_SIGBUS). A read
+   * copies at most buffer.constants.MAX_LENGTH bytes.
+   */
+  probe(offset: number, length = 1, access: ProbeAccess = 'read', byte = 0): ProbeResult {
+    const a = probeArgs(access, byte, 'Mapping.probe');
+    this.#checkRange(offset, length, 'probe');
+    return probeResult(native.probeMapping(this.#use('probe').handle, offset, length, a.write, a.byte));
+  }
+
+  /**
+   * madvise(2) with any advice but the two that poison pages
+   * (MADV_HWPOISON, MADV_SOFT_OFFLINE: a view would then kill the process):
+   * e.g. Mmap.MADV_DONTNEED, MADV_REMOVE, MADV_HUGEPAGE, MADV_COLLAPSE.
+   */
+  advise(offset: number, length: number, advice: number): void {
+    if (advice === Mmap.MADV_HWPOISON || advice === Mmap.MADV_SOFT_OFFLINE) {
+      throw argError(`Mapping.advise: advice ${advice} (${advice === Mmap.MADV_HWPOISON ? 'MADV_HWPOISON' : 'MADV_SOFT_OFFLINE'}) poisons pages, refused`);
+    }
+    native.madvise(this.#use('madvise').handle, offset, length, toU32(advice, 'Mapping.advise: advice'));
   }
 
   /** madvise(MADV_REMOVE): frees the backing pages; they read as zero next. */

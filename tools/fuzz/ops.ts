@@ -1139,6 +1139,26 @@ function mappingCreate(c: Ctx): Call | null {
   // address space, so what follows (a vCPU's thread, a worker, the next
   // mapping) meets the limit.
   const len = c.env.addressSpaceLimited && r.chance(0.5) ? r.pick([128, 256, 512, 768]) * MIB : mappingLength(r, bigs < 4);
+  if (r.chance(0.15)) {
+    // The unchecked form: any prot and flags, files shorter than the
+    // mapping, guest_memfds without init-shared. Its faults are probe()'s.
+    const fd = r.weighted<unknown>([
+      [4, undefined],
+      [4, r.pick(st.files).fd],
+      [st.live(st.gmems).length > 0 ? 3 : 0, st.live(st.gmems).length > 0 ? r.pick(st.live(st.gmems)).fd : undefined],
+      [1, r.pick<unknown>([-2, 99999, 1.5, 'x', null])],
+    ]);
+    const prot = r.pick<unknown>([undefined, 0, 1, 3, 7, -1, 2 ** 32, 'rw']);
+    const flags = r.pick<unknown>([undefined, 0x01, 0x02, 0x21, 0x22, 0x11, 0x4001, 0x40022, 0, -1]);
+    const offset = r.pick<unknown>([undefined, 0, PAGE, 100, -1, 1n << 63n]);
+    const len3 = r.chance(0.7) ? pages(r, 16) : len;
+    const o = { length: len3, fd, prot, flags, offset } as unknown as Parameters<typeof Mapping.unchecked>[0];
+    return call('Mapping.unchecked', `Mapping.unchecked(${show(o)}) and probe its first and last byte`, () => {
+      const m = c.add('map', Mapping.unchecked(o));
+      m.probe(0, 1, 'read');
+      m.probe(m.length - 1, 1, 'write', 0x5a);
+    });
+  }
   if (r.chance(0.6)) {
     return call('Mapping.anonymousShared', `Mapping.anonymousShared(${show(len)}) and touch its first and last byte`, () => {
       const m = c.add('map', Mapping.anonymousShared(len as number));
@@ -1201,6 +1221,8 @@ function mappingOp(c: Ctx): Call | null {
     [4, 'discard'],
     [3, 'unmap'],
     [1, 'props'],
+    [5, 'probe'],
+    [2, 'advise'],
   ]);
   const name = c.st.name(m);
   const [o, l] = r.weighted<() => [unknown, unknown]>([
@@ -1227,6 +1249,24 @@ function mappingOp(c: Ctx): Call | null {
       );
     case 'unmap':
       return call('mapping.unmap', `${name}.unmap()`, () => m.unmap());
+    case 'probe': {
+      const access = r.weighted<unknown>([
+        [5, 'read'],
+        [5, 'write'],
+        [1, r.pick<unknown>(['exec', 1, undefined, null])],
+      ]);
+      const byte = r.pick<unknown>([0, 0xaa, 255, 256, -1, 1.5, '1']);
+      const len = l === undefined ? undefined : r.chance(0.8) ? Math.min(Number(l) || 1, 2 * MIB) : l;
+      return call('mapping.probe', `${name}.probe(${show(o ?? 0)}, ${show(len)}, ${show(access)}, ${show(byte)})`, () =>
+        m.probe((o ?? 0) as number, len as number, access as 'read', byte as number),
+      );
+    }
+    case 'advise': {
+      const advice = r.pick<unknown>([0, 3, 4, 9, 14, 15, 20, 21, 22, 23, 25, 100, 101, 999, -1, 'x']);
+      return call('mapping.advise', `${name}.advise(${show(o ?? 0)}, ${show(l ?? m.length)}, ${show(advice)})`, () =>
+        m.advise((o ?? 0) as number, (l ?? m.length) as number, advice as number),
+      );
+    }
     default:
       return call('mapping.props', `${name}.{address, length, unmapped}`, () => [m.address, m.length, m.unmapped]);
   }
