@@ -24,7 +24,7 @@ static void Fallocate(const Napi::CallbackInfo& info) {
     ThrowErrno(info.Env(), errno, "fallocate");
 }
 
-// fstat(fd) -> { size, mode, ino } (size of a guest_memfd is fixed at create).
+// fstat(fd) -> { size, mode, blocks, blksize, ino } (size of a guest_memfd is fixed at create).
 static Napi::Value Fstat(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "fstat");
   int fd = FdArg(info, 0, "fstat", "fd");
@@ -34,6 +34,7 @@ static Napi::Value Fstat(const Napi::CallbackInfo& info) {
   o.Set("size", Napi::Number::New(info.Env(), static_cast<double>(st.st_size)));
   o.Set("mode", Napi::Number::New(info.Env(), st.st_mode));
   o.Set("blocks", Napi::Number::New(info.Env(), static_cast<double>(st.st_blocks)));
+  o.Set("blksize", Napi::Number::New(info.Env(), static_cast<double>(st.st_blksize)));
   o.Set("ino", Napi::Number::New(info.Env(), static_cast<double>(st.st_ino)));
   return o;
 }

@@ -164,6 +164,11 @@ withGmem.describe('the guest_memfd file', () => {
     expect(() => writeSync(g.fd, buf, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' }));
     expect(() => ftruncateSync(g.fd, 0x8000)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     expect(g.stat().size).toBe(0x4000);
+    // GM-3, GM-6: st_blksize is the page size; each file its own inode, its own size.
+    using h = vm.createGuestMemfd({ size: 0x2000 });
+    expect(g.stat()).toMatchObject({ size: 0x4000, blksize: 4096 });
+    expect(h.stat()).toMatchObject({ size: 0x2000, blksize: 4096 });
+    expect(h.stat().ino).not.toBe(g.stat().ino);
   });
 
   test('close() is idempotent; every operation after it throws ClosedError', () => {

@@ -7,7 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { ensureDist } from './helpers.js';
+import { ensureDist, needs } from './helpers.js';
 import { root } from './support/cli-run.js';
 
 const fixture = join(root, 'test', 'fixtures', 'selftest-scenarios.mjs');
@@ -18,7 +18,7 @@ function scenario(name: string, env: NodeJS.ProcessEnv = {}): { status: number |
   return { status: r.status, signal: r.signal, lines: r.stdout.split('\n').slice(0, -1), stderr: r.stderr };
 }
 
-beforeAll(() => ensureDist(), 300_000);
+beforeAll(() => ensureDist(['examples']), 300_000);
 
 describe('kvm-gmem/selftest: KTAP output and kselftest exit statuses', () => {
   test('pass, fail, skip, async and a thrown error: the lines kselftest prints, diagnostics before not ok, exit 1', () => {
@@ -70,7 +70,9 @@ describe('kvm-gmem/selftest: KTAP output and kselftest exit statuses', () => {
     expect(r.status).toBe(1);
     expect(r.lines).toContain('ok 1 ENOENT from open');
     const wrong = r.lines.indexOf('not ok 2 not the errno expected');
-    expect(r.lines[wrong - 3]).toBe('# not the errno expected: GM-1 size 1: expected the kernel to fail with EINVAL, got KvmError ENOENT: open failed: ENOENT (no such file or directory); sent path=/nonexistent/kvm');
+    expect(r.lines[wrong - 3]).toBe(
+      '# not the errno expected: GM-1 size 1: expected the kernel to fail with EINVAL, got KvmError ENOENT: open failed: ENOENT (no such file or directory); sent path=/nonexistent/kvm',
+    );
     expect(r.lines[wrong - 2]).toMatch(/^# {3}at .*selftest-scenarios\.mjs:\d+/);
     expect(r.lines[wrong - 1]).toBe('#   open failed: ENOENT (no such file or directory); sent path=/nonexistent/kvm');
     expect(r.lines).toContain('# a call that succeeds: expected the kernel to fail with EINVAL, but the call succeeded (returned 7)');
@@ -115,7 +117,11 @@ describe('kvm-gmem/selftest: KTAP output and kselftest exit statuses', () => {
   test('the file timeout (configure or KVM_GMEM_SELFTEST_TIMEOUT_S) ends the run the same way', () => {
     const r = scenario('file-timeout');
     expect(r.signal).toBe('SIGKILL');
-    expect(r.lines.slice(-3)).toEqual(['# timeout: the file ran past its 300 ms', 'Bail out! timeout: the file ran past its 300 ms', '# Totals: pass:0 fail:1 xfail:0 xpass:0 skip:0 error:0']);
+    expect(r.lines.slice(-3)).toEqual([
+      '# timeout: the file ran past its 300 ms',
+      'Bail out! timeout: the file ran past its 300 ms',
+      '# Totals: pass:0 fail:1 xfail:0 xpass:0 skip:0 error:0',
+    ]);
     const e = scenario('all-pass', { KVM_GMEM_SELFTEST_TIMEOUT_S: '30' });
     expect(e.status).toBe(0);
   });
@@ -130,5 +136,23 @@ describe('kvm-gmem/selftest: KTAP output and kselftest exit statuses', () => {
     const r = scenario('explicit-run');
     expect(r.status).toBe(0);
     expect(r.lines).toEqual(['TAP version 13', '1..1', 'ok 1 after a top-level await', '# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:0 error:0']);
+  });
+});
+
+describe('a selftest against this kernel', () => {
+  test('examples/guest-memfd-selftest.ts: every check ok where KVM_CAP_GUEST_MEMFD is offered, else the whole file skipped naming it (exit 4)', () => {
+    const r = spawnSync(process.execPath, [join(root, 'dist', 'examples', 'guest-memfd-selftest.js')], { cwd: root, encoding: 'utf8', timeout: 300_000 });
+    const lines = r.stdout.split('\n').slice(0, -1);
+    if (needs.cap('GUEST_MEMFD', 'kvm').met) {
+      expect(lines.slice(0, 2)).toEqual(['TAP version 13', '1..6']);
+      expect(lines.filter((l) => /^(not )?ok /.test(l)).map((l) => l.replace(/ GM-\d+ .*/, ''))).toEqual(['ok 1', 'ok 2', 'ok 3', 'ok 4', 'ok 5', 'ok 6']);
+      expect(lines.at(-1)).toBe('# Totals: pass:6 fail:0 xfail:0 xpass:0 skip:0 error:0');
+      expect(r.status).toBe(0);
+    } else {
+      expect(lines[0]).toBe('TAP version 13');
+      expect(lines[1]).toMatch(/^1\.\.0 # SKIP Requirement not met: GUEST_MEMFD \(/);
+      expect(lines).toHaveLength(2);
+      expect(r.status).toBe(4);
+    }
   });
 });

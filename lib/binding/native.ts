@@ -12,6 +12,8 @@ export interface FstatResult {
   size: number;
   mode: number;
   blocks: number;
+  /** st_blksize: the page size for a guest_memfd (GM-6). */
+  blksize: number;
   ino: number;
 }
 

@@ -140,10 +140,10 @@ export class GuestMemfd extends FdResource {
     }));
   }
 
-  /** fstat(2) of the file: allocated blocks show what allocate/punchHole did. */
-  stat(): { size: number; blocks: number } {
+  /** fstat(2) of the file: its size, st_blocks (0: guest_memfd does not account them), st_blksize (the page size), st_ino. */
+  stat(): { size: number; blocks: number; blksize: number; ino: number } {
     const s = native.fstat(this.use('stat'));
-    return { size: s.size, blocks: s.blocks };
+    return { size: s.size, blocks: s.blocks, blksize: s.blksize, ino: s.ino };
   }
 
   protected override beforeClose(): void {
