@@ -49,7 +49,16 @@ export {
 } from './binding/uapi.js';
 export * as raw from './binding/raw.js';
 export { PRE_FAULT_TIMEOUT_MS, Vcpu, type RunOptions } from './kvm/vcpu.js';
-export { ExitReason, type VcpuExit, type IoExit, type MmioExit, type HypercallExit, type MemoryFaultExit } from './kvm/vcpu-exit.js';
+export {
+  ExitReason,
+  InternalErrorSuberror,
+  KVM_MEMORY_EXIT_FLAG_PRIVATE,
+  type VcpuExit,
+  type IoExit,
+  type MmioExit,
+  type HypercallExit,
+  type MemoryFaultExit,
+} from './kvm/vcpu-exit.js';
 export type { Regs, Sregs, Segment, CpuidEntry, DescriptorTable } from './kvm/regs.js';
 export { Assembler, AsmError, mem, offset, type AssembleResult, type Cond, type Mem, type Reg } from './x86/asm.js';
 export {

@@ -16,6 +16,8 @@ import * as selftest from '../lib/selftest/index.js';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 const RUNTIME_EXPORTS = [
+  'InternalErrorSuberror',
+  'KVM_MEMORY_EXIT_FLAG_PRIVATE',
   'Falloc',
   'Mmap',
   'errno',
@@ -161,7 +163,8 @@ describe('the package exports', () => {
     expect(Object.keys(selftest).sort(byName)).toEqual([...SELFTEST_EXPORTS].sort(byName));
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, { types: string; default: string }> };
     expect(pkg.exports['./selftest']).toEqual({ types: './dist/lib/selftest/index.d.ts', default: './dist/lib/selftest/index.js' });
-    for (const cls of [selftest.SelftestAssertionError, selftest.SelftestSkip, selftest.SelftestUsageError]) expect(cls.prototype).toBeInstanceOf(lib.KvmGmemError);
+    for (const cls of [selftest.SelftestAssertionError, selftest.SelftestSkip, selftest.SelftestUsageError])
+      expect(cls.prototype).toBeInstanceOf(lib.KvmGmemError);
   });
 
   test('the raw layer (export * as raw) is public: its runtime exports, by name', () => {

@@ -13,6 +13,7 @@ import {
   AttributeRuleError,
   type Assembler,
   type Capabilities,
+  ExitReason,
   Guest,
   GuestAssertError,
   type GuestIo,
@@ -276,7 +277,7 @@ describe('runUntilDone() errors', () => {
       io.done();
     });
     const e = await rejection(g.runUntilDone(), UnexpectedExitError);
-    expect(e.exit).toEqual({ kind: 'hlt' });
+    expect(e.exit).toEqual({ kind: 'hlt', exitReason: ExitReason.HLT });
     expect(e.rip).toBe(BigInt(g.label('after')));
     expect(e.message).toContain(`unexpected hlt exit at rip 0x${g.label('after').toString(16)}`);
   });
@@ -310,7 +311,7 @@ describe('runUntilDone() errors', () => {
     const p = g.runUntilDone({ timeoutMs: 0 });
     setTimeout(() => g.vcpu.kick(), 50);
     const e = await rejection(p, UnexpectedExitError);
-    expect(e.exit).toEqual({ kind: 'interrupted', deadline: false });
+    expect(e.exit).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false });
     for (const [t, code] of [
       [-1, 'ERR_INVALID_ARG_VALUE'],
       [2.5, 'ERR_INVALID_ARG_VALUE'],

@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { Assembler, AsmError, ClosedError, Guest, GuestTimeoutError, Kvm, type Regs, type Vcpu, type Vm, type VmTypeName } from '../lib/index.js';
+import { Assembler, AsmError, ClosedError, ExitReason, Guest, GuestTimeoutError, Kvm, type Regs, type Vcpu, type Vm, type VmTypeName } from '../lib/index.js';
 import { ensureDist, gate, needs, pickVmType, thrown, vmCaps } from './helpers.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -114,7 +114,7 @@ describe('vCPU ioctls while run() is in flight (used to deadlock)', () => {
   test('getRegs, setRegs, getSregs, setCpuid, preFaultMemory, runSync: VcpuBusyError; the deadline holds with the event loop blocked', async () => {
     const r = await reproduce('busy-vcpu', {}, 30_000);
     for (const [op, e] of Object.entries(r.busy as Record<string, unknown>)) expect(e, op).toMatchObject({ name: 'VcpuBusyError', code: 'ERR_KVM_VCPU_BUSY' });
-    expect(r.exit).toEqual({ kind: 'interrupted', deadline: true });
+    expect(r.exit).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: true });
     expect(r.rip).toBe(true);
   });
 });
@@ -336,7 +336,7 @@ describe("deadlines are the runner thread's own timer", () => {
       const t0 = performance.now();
       const exit = await g.vcpu.run({ timeoutMs: 2 });
       const took = performance.now() - t0;
-      expect(exit).toEqual({ kind: 'interrupted', deadline: true });
+      expect(exit).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: true });
       if (took < 2) early.push(took);
     }
     expect(early).toEqual([]);
@@ -350,18 +350,18 @@ describe("deadlines are the runner thread's own timer", () => {
         a.label('spin').jmp('spin');
       },
     });
-    expect(await g.vcpu.run({ timeoutMs: 1 })).toEqual({ kind: 'interrupted', deadline: true });
+    expect(await g.vcpu.run({ timeoutMs: 1 })).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: true });
     const p = g.vcpu.run({ timeoutMs: 60_000 });
     setTimeout(() => g.vcpu.kick(), 5);
-    expect(await p).toEqual({ kind: 'interrupted', deadline: false });
+    expect(await p).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false });
     // 0: no deadline, so only the kick brings the guest out (20 ms: well past "at once").
     const z = g.vcpu.run({ timeoutMs: 0 });
     setTimeout(() => g.vcpu.kick(), 20);
-    expect(await z).toEqual({ kind: 'interrupted', deadline: false });
+    expect(await z).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false });
     const ac = new AbortController();
     const q = g.vcpu.run({ signal: ac.signal });
     setTimeout(() => ac.abort(), 5);
-    expect(await q).toEqual({ kind: 'interrupted', deadline: false });
+    expect(await q).toEqual({ kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false });
     expect(thrown(() => g.vcpu.runSync({ timeoutMs: -1 }))).toBeInstanceOf(TypeError);
     await expect(g.vcpu.run({ timeoutMs: -1 })).rejects.toBeInstanceOf(TypeError);
     // The same TypeError, with the same code, from both.

@@ -23,6 +23,7 @@ import { describe, expect, onTestFailed, test } from 'vitest';
 import {
   type Assembler,
   ClosedError,
+  ExitReason,
   Guest,
   type GuestIo,
   KvmError,
@@ -66,6 +67,20 @@ function expectKind<K extends VcpuExit['kind']>(exit: VcpuExit, kind: K): Extrac
     exit.kind,
     JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)),
   ).toBe(kind);
+  // Every exit carries kvm_run.exit_reason as the kernel wrote it.
+  const reasons: Partial<Record<VcpuExit['kind'], number>> = {
+    io: ExitReason.IO,
+    mmio: ExitReason.MMIO,
+    hypercall: ExitReason.HYPERCALL,
+    'memory-fault': ExitReason.MEMORY_FAULT,
+    hlt: ExitReason.HLT,
+    shutdown: ExitReason.SHUTDOWN,
+    interrupted: ExitReason.INTR,
+    'fail-entry': ExitReason.FAIL_ENTRY,
+    'internal-error': ExitReason.INTERNAL_ERROR,
+    'system-event': ExitReason.SYSTEM_EVENT,
+  };
+  if (reasons[kind] !== undefined) expect(exit.exitReason, `exitReason of a '${kind}' exit`).toBe(reasons[kind]);
   return exit as Extract<VcpuExit, { kind: K }>;
 }
 

@@ -9,7 +9,7 @@ import { KvmGmemError, MissingCapabilityError } from '../errors.js';
 import type { GuestMemfd } from '../kvm/guest-memfd.js';
 import type { Memslot } from '../kvm/memslot.js';
 import type { Vcpu } from '../kvm/vcpu.js';
-import type { HypercallExit, MemoryFaultExit, VcpuExit } from '../kvm/vcpu-exit.js';
+import { ExitReason, type HypercallExit, type MemoryFaultExit, type VcpuExit } from '../kvm/vcpu-exit.js';
 import type { Vm } from '../kvm/vm.js';
 import { Assembler, type AssembleResult } from '../x86/asm.js';
 import { Layout, Selector } from './layout.js';
@@ -269,7 +269,7 @@ export class Guest implements Disposable {
       case Ucall.DONE:
         return true;
       default:
-        throw new UnexpectedExitError({ kind: 'io', direction: 'out', size: 4, port: UCALL_PORT, count: 1, data }, regs.rip);
+        throw new UnexpectedExitError({ kind: 'io', exitReason: ExitReason.IO, direction: 'out', size: 4, port: UCALL_PORT, count: 1, data }, regs.rip);
     }
   }
 

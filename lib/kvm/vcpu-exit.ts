@@ -27,8 +27,17 @@ export const ExitReason = {
 
 export const KVM_MEMORY_EXIT_FLAG_PRIVATE = 1n << 3n;
 
+/** kvm_run.internal.suberror of a KVM_EXIT_INTERNAL_ERROR (include/uapi/linux/kvm.h). */
+export const InternalErrorSuberror = {
+  EMULATION: 1,
+  SIMUL_EX: 2,
+  DELIVERY_EV: 3,
+  UNEXPECTED_EXIT_REASON: 4,
+} as const;
+
 export interface IoExit {
   kind: 'io';
+  exitReason: number;
   direction: 'in' | 'out';
   /** Bytes per access (1, 2 or 4). */
   size: number;
@@ -40,6 +49,7 @@ export interface IoExit {
 
 export interface MmioExit {
   kind: 'mmio';
+  exitReason: number;
   address: bigint;
   length: number;
   isWrite: boolean;
@@ -49,6 +59,7 @@ export interface MmioExit {
 
 export interface HypercallExit {
   kind: 'hypercall';
+  exitReason: number;
   nr: bigint;
   args: bigint[];
   longmode: boolean;
@@ -58,6 +69,7 @@ export interface HypercallExit {
 
 export interface MemoryFaultExit {
   kind: 'memory-fault';
+  exitReason: number;
   gpa: bigint;
   size: bigint;
   private: boolean;
@@ -66,18 +78,23 @@ export interface MemoryFaultExit {
   errno: number;
 }
 
+/**
+ * A decoded exit. Every kind carries `exitReason`, kvm_run.exit_reason as the
+ * kernel wrote it (ExitReason.*); an interrupted run is KVM_EXIT_INTR.
+ */
 export type VcpuExit =
   | IoExit
   | MmioExit
   | HypercallExit
   | MemoryFaultExit
-  | { kind: 'hlt' }
-  | { kind: 'shutdown' }
+  | { kind: 'hlt'; exitReason: number }
+  | { kind: 'shutdown'; exitReason: number }
   /** Kicked out of the guest: by the run's own deadline (`deadline`), kick(), an abort or a signal. */
-  | { kind: 'interrupted'; deadline: boolean }
-  | { kind: 'fail-entry'; hardwareEntryFailureReason: bigint; cpu: number }
-  | { kind: 'internal-error'; suberror: number; data: bigint[] }
-  | { kind: 'system-event'; type: number; data: bigint[] }
+  | { kind: 'interrupted'; exitReason: number; deadline: boolean }
+  | { kind: 'fail-entry'; exitReason: number; hardwareEntryFailureReason: bigint; cpu: number }
+  /** suberror: InternalErrorSuberror.*; data: the first ndata words. */
+  | { kind: 'internal-error'; exitReason: number; suberror: number; data: bigint[] }
+  | { kind: 'system-event'; exitReason: number; type: number; data: bigint[] }
   | { kind: 'other'; exitReason: number };
 
 // An IO exit whose data view is made on first use: most exits on hot paths
@@ -85,6 +102,7 @@ export type VcpuExit =
 // more to create than the rest of the decode.
 class IoExitView implements IoExit {
   readonly kind = 'io';
+  readonly exitReason = ExitReason.IO;
   readonly direction: 'in' | 'out';
   readonly port: number;
   readonly #run: DataView;
@@ -106,7 +124,15 @@ class IoExitView implements IoExit {
   }
 
   toJSON(): object {
-    return { kind: this.kind, direction: this.direction, size: this.size, port: this.port, count: this.count, data: [...this.data] };
+    return {
+      kind: this.kind,
+      exitReason: this.exitReason,
+      direction: this.direction,
+      size: this.size,
+      port: this.port,
+      count: this.count,
+      data: [...this.data],
+    };
   }
 }
 
@@ -119,8 +145,8 @@ function words(v: DataView, offset: number, count: number, max: number): bigint[
 
 /** Decodes the exit in `run` (a DataView of the kvm_run page); `r` is the native run result. */
 export function decodeExit(run: DataView, r: number): VcpuExit {
-  if (r === -errno.EINTR) return { kind: 'interrupted', deadline: false };
-  if (r === -errno.ETIME) return { kind: 'interrupted', deadline: true }; // the native layer's own deadline
+  if (r === -errno.EINTR) return { kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false };
+  if (r === -errno.ETIME) return { kind: 'interrupted', exitReason: ExitReason.INTR, deadline: true }; // the native layer's own deadline
   const reason = run.getUint32(KvmRun.exitReason, true);
   switch (reason) {
     case ExitReason.IO: {
@@ -133,6 +159,7 @@ export function decodeExit(run: DataView, r: number): VcpuExit {
       const length = run.getUint32(m.len, true);
       return {
         kind: 'mmio',
+        exitReason: reason,
         address: run.getBigUint64(m.physAddr, true),
         length,
         isWrite: run.getUint8(m.isWrite) !== 0,
@@ -146,6 +173,7 @@ export function decodeExit(run: DataView, r: number): VcpuExit {
       const flags = run.getBigUint64(f.flags, true);
       return {
         kind: 'memory-fault',
+        exitReason: reason,
         flags,
         gpa: run.getBigUint64(f.gpa, true),
         size: run.getBigUint64(f.size, true),
@@ -154,26 +182,37 @@ export function decodeExit(run: DataView, r: number): VcpuExit {
       };
     }
     case ExitReason.HLT:
-      return { kind: 'hlt' };
+      return { kind: 'hlt', exitReason: reason };
     case ExitReason.SHUTDOWN:
-      return { kind: 'shutdown' };
+      return { kind: 'shutdown', exitReason: reason };
     case ExitReason.INTR:
-      return { kind: 'interrupted', deadline: false };
+      return { kind: 'interrupted', exitReason: reason, deadline: false };
     case ExitReason.FAIL_ENTRY: {
       const f = KvmRun.failEntry;
-      return { kind: 'fail-entry', hardwareEntryFailureReason: run.getBigUint64(f.hardwareEntryFailureReason, true), cpu: run.getUint32(f.cpu, true) };
+      return {
+        kind: 'fail-entry',
+        exitReason: reason,
+        hardwareEntryFailureReason: run.getBigUint64(f.hardwareEntryFailureReason, true),
+        cpu: run.getUint32(f.cpu, true),
+      };
     }
     case ExitReason.INTERNAL_ERROR: {
       const f = KvmRun.internal;
       return {
         kind: 'internal-error',
+        exitReason: reason,
         suberror: run.getUint32(f.suberror, true),
         data: words(run, f.data, run.getUint32(f.ndata, true), KvmRunLengths.internalData),
       };
     }
     case ExitReason.SYSTEM_EVENT: {
       const f = KvmRun.systemEvent;
-      return { kind: 'system-event', type: run.getUint32(f.type, true), data: words(run, f.data, run.getUint32(f.ndata, true), KvmRunLengths.systemEventData) };
+      return {
+        kind: 'system-event',
+        exitReason: reason,
+        type: run.getUint32(f.type, true),
+        data: words(run, f.data, run.getUint32(f.ndata, true), KvmRunLengths.systemEventData),
+      };
     }
     default:
       return { kind: 'other', exitReason: reason };
@@ -184,6 +223,7 @@ function hypercallExit(run: DataView): HypercallExit {
   const h = KvmRun.hypercall;
   return {
     kind: 'hypercall',
+    exitReason: ExitReason.HYPERCALL,
     nr: run.getBigUint64(h.nr, true),
     args: words(run, h.args, KvmRunLengths.hypercallArgs, KvmRunLengths.hypercallArgs),
     longmode: run.getUint32(h.longmode, true) !== 0,

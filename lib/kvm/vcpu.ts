@@ -9,7 +9,7 @@ import { native } from '../binding/native.js';
 import { FdResource } from '../binding/resource.js';
 import { readTimeoutMs, toU64, type U64Input } from '../args.js';
 import { Cap, errno } from '../binding/uapi.js';
-import { decodeExit, type VcpuExit } from './vcpu-exit.js';
+import { decodeExit, ExitReason, type VcpuExit } from './vcpu-exit.js';
 
 /**
  * preFaultMemory()'s deadline when none is given. A pre-fault maps pages
@@ -155,7 +155,7 @@ export class Vcpu extends FdResource {
     const timeoutMs = readTimeoutMs(options.timeoutMs, 'run');
     const signal = options.signal;
     this.#idle('run');
-    if (signal?.aborted) return { kind: 'interrupted', deadline: false };
+    if (signal?.aborted) return { kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false };
     this.#runner ??= native.runnerCreate(this.fd, (this.#runView as DataView).buffer as ArrayBuffer) as RunnerHandle;
     const runner = this.#runner;
     const kick = (): void => native.runnerKick(runner);
