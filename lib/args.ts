@@ -73,3 +73,12 @@ export function isSafeUint(v: unknown): v is number {
 export function isPageRange(start: unknown, length: unknown, end = Number.MAX_SAFE_INTEGER): boolean {
   return isSafeUint(start) && isSafeUint(length) && length > 0 && start % 4096 === 0 && length % 4096 === 0 && start + length <= end;
 }
+
+/** A copy of a node-number array (read once: the native layer gets a plain array). */
+export function nodeList(nodes: unknown, op: string): number[] {
+  if (!Array.isArray(nodes)) throw argError(`${op}: nodes must be an array of node numbers`, 'ERR_INVALID_ARG_TYPE');
+  return Array.from(nodes as unknown[], (v) => {
+    if (typeof v !== 'number') throw argError(`${op}: nodes must be an array of node numbers`, typeCode(v, 'number'));
+    return v;
+  });
+}

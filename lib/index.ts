@@ -42,6 +42,8 @@ export {
   PAGE_SIZE,
   Falloc,
   Mmap,
+  Mempolicy,
+  Memfd,
   errno,
   type CapName,
   type VmTypeName,

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "addon.h"
 
@@ -386,7 +388,120 @@ static Napi::Value ProbeAddress(const Napi::CallbackInfo& info) {
   return RunProbe(info.Env(), reinterpret_cast<char*>(static_cast<uintptr_t>(address)), length, write, static_cast<uint8_t>(byte));
 }
 
+// ---- NUMA memory policy: mbind(2), get_mempolicy(2), set_mempolicy(2),
+// move_pages(2) (query form). Called by number: the system headers carry no
+// libnuma. A node mask is passed as an array of node numbers.
+namespace {
+
+constexpr unsigned long kMaxNode = 1024;  // bits in the masks passed to the kernel
+constexpr size_t kMaskWords = kMaxNode / (8 * sizeof(unsigned long));
+
+void NodeMask(const Napi::CallbackInfo& info, size_t i, const char* fn, unsigned long (&mask)[kMaskWords]) {
+  std::memset(mask, 0, sizeof mask);
+  if (!info[i].IsArray()) throw ArgError(info.Env(), std::string(fn) + ": nodes must be an array of node numbers");
+  Napi::Array nodes = info[i].As<Napi::Array>();
+  uint32_t n = nodes.Length();
+  if (n > kMaxNode) throw ArgRangeError(info.Env(), std::string(fn) + ": at most " + std::to_string(kMaxNode) + " nodes");
+  for (uint32_t k = 0; k < n; k++) {
+    Napi::Value v = nodes[k];
+    if (!v.IsNumber()) throw ArgError(info.Env(), std::string(fn) + ": nodes must be an array of node numbers");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d < kMaxNode) || d != static_cast<double>(static_cast<uint32_t>(d)))
+      throw ArgRangeError(info.Env(), std::string(fn) + ": a node number must be an integer 0.." + std::to_string(kMaxNode - 1));
+    auto node = static_cast<uint32_t>(d);
+    mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
+  }
+}
+
+Napi::Array MaskNodes(Napi::Env env, const unsigned long (&mask)[kMaskWords]) {
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t k = 0;
+  for (uint32_t node = 0; node < kMaxNode; node++)
+    if (mask[node / (8 * sizeof(unsigned long))] & (1UL << (node % (8 * sizeof(unsigned long)))))
+      out.Set(k++, Napi::Number::New(env, node));
+  return out;
+}
+
+}  // namespace
+
+// mbind(handle, offset, length, mode, nodes, flags)
+static void Mbind(const Napi::CallbackInfo& info) {
+  const char* fn = "mbind";
+  ExpectArgs(info, 6, fn);
+  Mapping* m = HandleArg(info, 0, fn);
+  uint64_t offset = U64Arg(info, 1, fn, "offset");
+  uint64_t length = U64Arg(info, 2, fn, "length");
+  uint32_t mode = U32Arg(info, 3, fn, "mode");
+  unsigned long mask[kMaskWords];
+  NodeMask(info, 4, fn, mask);
+  uint32_t flags = U32Arg(info, 5, fn, "flags");
+  CheckRange(info, m, offset, length, fn);
+  if (syscall(SYS_mbind, static_cast<char*>(m->addr) + offset, length, mode, mask, kMaxNode, flags) < 0)
+    ThrowErrno(info.Env(), errno, "mbind");
+}
+
+// getMempolicy(handle | null, offset, flags) -> { mode, nodes }: with a
+// mapping, the policy at that address (MPOL_F_ADDR is added); without, the
+// calling thread's.
+static Napi::Value GetMempolicy(const Napi::CallbackInfo& info) {
+  const char* fn = "getMempolicy";
+  ExpectArgs(info, 3, fn);
+  void* addr = nullptr;
+  uint32_t flags = 0;
+  if (!info[0].IsNull()) {
+    Mapping* m = HandleArg(info, 0, fn);
+    uint64_t offset = U64Arg(info, 1, fn, "offset");
+    CheckRange(info, m, offset, 1, fn);
+    addr = static_cast<char*>(m->addr) + offset;
+    flags = 2;  // MPOL_F_ADDR
+  }
+  flags |= U32Arg(info, 2, fn, "flags");
+  int mode = 0;
+  unsigned long mask[kMaskWords] = {};
+  if (syscall(SYS_get_mempolicy, &mode, mask, kMaxNode, addr, flags) < 0) ThrowErrno(info.Env(), errno, "get_mempolicy");
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("mode", Napi::Number::New(info.Env(), mode));
+  o.Set("nodes", MaskNodes(info.Env(), mask));
+  return o;
+}
+
+// setMempolicy(mode, nodes): the calling thread's policy.
+static void SetMempolicy(const Napi::CallbackInfo& info) {
+  const char* fn = "setMempolicy";
+  ExpectArgs(info, 2, fn);
+  uint32_t mode = U32Arg(info, 0, fn, "mode");
+  unsigned long mask[kMaskWords];
+  NodeMask(info, 1, fn, mask);
+  if (syscall(SYS_set_mempolicy, mode, mask, kMaxNode) < 0) ThrowErrno(info.Env(), errno, "set_mempolicy");
+}
+
+// movePages(handle, offset, pages) -> status per page (the node, or
+// -errno: -ENOENT for a page not present), without moving anything.
+static Napi::Value MovePages(const Napi::CallbackInfo& info) {
+  const char* fn = "movePages";
+  ExpectArgs(info, 3, fn);
+  Mapping* m = HandleArg(info, 0, fn);
+  uint64_t offset = U64Arg(info, 1, fn, "offset");
+  uint32_t pages = U32Arg(info, 2, fn, "pages");
+  long ps = sysconf(_SC_PAGESIZE);
+  if (pages > 65536) throw ArgRangeError(info.Env(), std::string(fn) + ": at most 65536 pages");
+  CheckRange(info, m, offset, static_cast<uint64_t>(pages) * static_cast<uint64_t>(ps), fn);
+  std::vector<void*> addrs(pages);
+  std::vector<int> status(pages, 0);
+  for (uint32_t k = 0; k < pages; k++)
+    addrs[k] = static_cast<char*>(m->addr) + offset + static_cast<uint64_t>(k) * static_cast<uint64_t>(ps);
+  if (syscall(SYS_move_pages, 0, static_cast<unsigned long>(pages), addrs.data(), nullptr, status.data(), 0) < 0)
+    ThrowErrno(info.Env(), errno, "move_pages");
+  Napi::Array out = Napi::Array::New(info.Env(), pages);
+  for (uint32_t k = 0; k < pages; k++) out.Set(k, Napi::Number::New(info.Env(), status[k]));
+  return out;
+}
+
 void InitMmap(Napi::Env env, Napi::Object exports) {
+  exports.Set("mbind", Napi::Function::New(env, Mbind, "mbind"));
+  exports.Set("getMempolicy", Napi::Function::New(env, GetMempolicy, "getMempolicy"));
+  exports.Set("setMempolicy", Napi::Function::New(env, SetMempolicy, "setMempolicy"));
+  exports.Set("movePages", Napi::Function::New(env, MovePages, "movePages"));
   exports.Set("probeMapping", Napi::Function::New(env, ProbeMapping, "probeMapping"));
   exports.Set("probeAddress", Napi::Function::New(env, ProbeAddress, "probeAddress"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));

@@ -16,6 +16,8 @@ import * as selftest from '../lib/selftest/index.js';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 const RUNTIME_EXPORTS = [
+  'Mempolicy',
+  'Memfd',
   'InternalErrorSuberror',
   'KVM_MEMORY_EXIT_FLAG_PRIVATE',
   'Falloc',
@@ -85,6 +87,9 @@ const RAW_EXPORTS = [
   'fstat',
   'isCloexec',
   'probeMemory',
+  'memfdCreate',
+  'getMempolicy',
+  'setMempolicy',
   'setMemoryAttributes',
   'setUserMemoryRegion',
   'setUserMemoryRegion2',

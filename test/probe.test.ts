@@ -9,7 +9,7 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { ClosedError, Kvm, Mapping, Mmap, raw } from '../lib/index.js';
+import { ClosedError, errno, Kvm, KvmError, Mapping, Memfd, Mempolicy, Mmap, raw } from '../lib/index.js';
 import { gate, needs, pickVmType } from './helpers.js';
 
 const PAGE = 4096;
@@ -145,3 +145,71 @@ describe('guest_memfd mappings', () => {
     expect(m.probe(0, 1, 'read')).toEqual({ result: 'SIGBUS', address: m.address, done: 0, data: new Uint8Array(0) });
   });
 });
+
+// NUMA policy calls and memfd_create: thin syscalls whose answers are the
+// kernel's. On one node the policies still read back as set (GM-12's
+// single-node part); a bad mode is EINVAL.
+const numa = gate(needs.env('numa'));
+
+describe('memory policy and memfd calls', () => {
+  numa.test('mbind and get_mempolicy(MPOL_F_ADDR): INTERLEAVE and BIND on node 0 read back, DEFAULT clears, mode 999 is EINVAL (GM-12)', () => {
+    using m = Mapping.anonymousShared(4 * PAGE);
+    m.mbind(0, 2 * PAGE, Mempolicy.MPOL_INTERLEAVE, [0]);
+    expect(m.getMempolicy(0)).toEqual({ mode: Mempolicy.MPOL_INTERLEAVE, nodes: [0] });
+    m.mbind(2 * PAGE, 2 * PAGE, Mempolicy.MPOL_BIND, [0]);
+    expect(m.getMempolicy(2 * PAGE)).toEqual({ mode: Mempolicy.MPOL_BIND, nodes: [0] });
+    m.mbind(0, 4 * PAGE, Mempolicy.MPOL_DEFAULT, []);
+    expect(m.getMempolicy(0)).toEqual({ mode: Mempolicy.MPOL_DEFAULT, nodes: [] });
+    const e = thrownBy(() => m.mbind(0, PAGE, 999, [0]));
+    expect(e).toBeInstanceOf(KvmError);
+    expect((e as KvmError).code).toBe('EINVAL');
+  });
+
+  numa.test('move_pages, asking only: node 0 for a touched page, -ENOENT for one never touched', () => {
+    using m = Mapping.anonymousShared(2 * PAGE);
+    m.bytes(0, 1)[0] = 1;
+    expect(m.movePages(0, 2)).toEqual([0, -errno.ENOENT]);
+  });
+
+  numa.test("the thread's policy: set_mempolicy(BIND, [0]) reads back, then DEFAULT again", () => {
+    raw.setMempolicy(Mempolicy.MPOL_BIND, [0]);
+    try {
+      expect(raw.getMempolicy()).toEqual({ mode: Mempolicy.MPOL_BIND, nodes: [0] });
+    } finally {
+      raw.setMempolicy(Mempolicy.MPOL_DEFAULT, []);
+    }
+    expect(raw.getMempolicy().mode).toBe(Mempolicy.MPOL_DEFAULT);
+  });
+
+  test('bad node lists and ranges are TypeError / RangeError before any syscall', () => {
+    using m = Mapping.anonymousShared(PAGE);
+    expect(() => m.mbind(0, PAGE, Mempolicy.MPOL_BIND, 'x' as unknown as number[])).toThrow(
+      expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => m.mbind(0, PAGE, Mempolicy.MPOL_BIND, [1.5])).toThrow(RangeError);
+    expect(() => m.mbind(0, PAGE, Mempolicy.MPOL_BIND, [4096])).toThrow(RangeError);
+    expect(() => m.mbind(0, 2 * PAGE, Mempolicy.MPOL_BIND, [0])).toThrow(RangeError);
+    expect(() => m.movePages(0, 2)).toThrow(RangeError);
+    expect(() => raw.setMempolicy(Mempolicy.MPOL_BIND, null as unknown as number[])).toThrow(TypeError);
+  });
+
+  test('memfd_create: a close-on-exec fd of a plain file that maps and faults like one', () => {
+    using f = raw.memfdCreate('kvm-gmem-test', Memfd.MFD_ALLOW_SEALING);
+    expect(raw.isCloexec(f)).toBe(true);
+    ftruncateSync(f.fd, PAGE);
+    expect(raw.fstat(f).size).toBe(PAGE);
+    using m = Mapping.unchecked({ fd: f.fd, length: 2 * PAGE });
+    expect(m.probe(0, 2 * PAGE, 'write', 7)).toMatchObject({ result: 'SIGBUS', done: PAGE });
+    expect(() => raw.memfdCreate('a\0b')).toThrow(TypeError);
+    expect(() => raw.memfdCreate('x', 0x1000_0000)).toThrow(expect.objectContaining({ code: 'EINVAL', syscall: 'memfd_create' }));
+  });
+});
+
+function thrownBy(f: () => unknown): unknown {
+  try {
+    f();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}

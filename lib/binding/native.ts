@@ -78,6 +78,15 @@ export interface NativeBinding {
   /** Reads (into data) or writes `byte` over the range with SIGBUS/SIGSEGV caught; stops at the first fault. */
   probeMapping(handle: object, offset: U64Input, length: U64Input, write: boolean, byte: number): NativeProbe;
   probeAddress(address: U64Input, length: U64Input, write: boolean, byte: number): NativeProbe;
+  mbind(handle: object, offset: U64Input, length: U64Input, mode: number, nodes: number[], flags: number): void;
+  /** With a handle: the policy at that address (MPOL_F_ADDR); with null, the calling thread's. */
+  getMempolicy(handle: object | null, offset: U64Input, flags: number): { mode: number; nodes: number[] };
+  setMempolicy(mode: number, nodes: number[]): void;
+  /** move_pages(2) query form: per page its node, or -errno. */
+  movePages(handle: object, offset: U64Input, pages: number): number[];
+  // system.cc
+  /** memfd_create(2), MFD_CLOEXEC always. */
+  memfdCreate(name: string, flags: number): number;
   // vcpu.cc
   createVcpu(vmFd: number, id: number): number;
   /**

@@ -4,7 +4,7 @@
 // arguments are still type-checked by the addon, so misuse cannot crash the
 // process. Errors are KvmError with every field that was sent.
 import { withRequest as call } from '../errors.js';
-import type { U64Input } from '../args.js';
+import { nodeList, type U64Input } from '../args.js';
 import { type FstatResult, native } from './native.js';
 import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from './probe.js';
 import { FdResource } from './resource.js';
@@ -107,4 +107,23 @@ export function isCloexec(f: FdLike): boolean {
 export function probeMemory(address: U64Input, length: U64Input, access: ProbeAccess = 'read', byte = 0): ProbeResult {
   const a = probeArgs(access, byte, 'raw.probeMemory');
   return probeResult(native.probeAddress(address, length, a.write, a.byte));
+}
+
+/**
+ * memfd_create(2) (always MFD_CLOEXEC): a plain memory file, e.g. the
+ * "regular memfd" that KVM refuses as a guest_memfd (set_memory_region_test).
+ */
+export function memfdCreate(name: string, flags = 0): RawFd {
+  return new RawFd(call({ name, flags }, () => native.memfdCreate(name, flags)));
+}
+
+/** get_mempolicy(2) of the calling thread (`flags` e.g. Mempolicy.MPOL_F_MEMS_ALLOWED): mode and nodes. */
+export function getMempolicy(flags = 0): { mode: number; nodes: number[] } {
+  return call({ flags }, () => native.getMempolicy(null, 0, flags));
+}
+
+/** set_mempolicy(2) of the calling thread (the JavaScript thread: every later allocation of it). */
+export function setMempolicy(mode: number, nodes: readonly number[]): void {
+  const n = nodeList(nodes, 'raw.setMempolicy');
+  call({ mode, nodes: n.join(',') }, () => native.setMempolicy(mode, n));
 }

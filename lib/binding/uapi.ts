@@ -107,6 +107,26 @@ export const Mmap = {
   MADV_SOFT_OFFLINE: 101,
 } as const;
 
+/** NUMA memory policies (include/uapi/linux/mempolicy.h): modes, get_mempolicy flags, mbind flags. */
+export const Mempolicy = {
+  MPOL_DEFAULT: 0,
+  MPOL_PREFERRED: 1,
+  MPOL_BIND: 2,
+  MPOL_INTERLEAVE: 3,
+  MPOL_LOCAL: 4,
+  MPOL_PREFERRED_MANY: 5,
+  MPOL_WEIGHTED_INTERLEAVE: 6,
+  MPOL_F_NODE: 1,
+  MPOL_F_ADDR: 2,
+  MPOL_F_MEMS_ALLOWED: 4,
+  MPOL_MF_STRICT: 1,
+  MPOL_MF_MOVE: 2,
+  MPOL_MF_MOVE_ALL: 4,
+} as const;
+
+/** memfd_create(2) flags (include/uapi/linux/memfd.h); MFD_CLOEXEC is always added. */
+export const Memfd = { MFD_CLOEXEC: 1, MFD_ALLOW_SEALING: 2, MFD_HUGETLB: 4 } as const;
+
 /** Highest user virtual address + 1 on x86-64 with 4-level paging (TASK_SIZE_MAX). */
 export const TASK_SIZE_MAX_4LEVEL = (1n << 47n) - 4096n;
 /** With 5-level paging (LA57). */

@@ -14,7 +14,7 @@ import { ClosedError, MappingInUseError } from '../errors.js';
 import { native } from '../binding/native.js';
 import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from '../binding/probe.js';
 import { Mmap } from '../binding/uapi.js';
-import { argError, rangeError, toU32, toU64, typeCode, type U64Input } from '../args.js';
+import { argError, nodeList, rangeError, toU32, toU64, typeCode, type U64Input } from '../args.js';
 
 const MAX_VIEW = bufferConstants.MAX_LENGTH;
 const STRIDE = Math.floor(MAX_VIEW / 2);
@@ -198,6 +198,22 @@ export class Mapping implements Disposable {
       throw argError(`Mapping.advise: advice ${advice} (${advice === Mmap.MADV_HWPOISON ? 'MADV_HWPOISON' : 'MADV_SOFT_OFFLINE'}) poisons pages, refused`);
     }
     native.madvise(this.#use('madvise').handle, offset, length, toU32(advice, 'Mapping.advise: advice'));
+  }
+
+  /** mbind(2) of [offset, offset + length): `mode` a Mempolicy.MPOL_*, `nodes` node numbers, `flags` MPOL_MF_*. */
+  mbind(offset: number, length: number, mode: number, nodes: readonly number[], flags = 0): void {
+    const n = nodeList(nodes, 'Mapping.mbind');
+    native.mbind(this.#use('mbind').handle, offset, length, toU32(mode, 'Mapping.mbind: mode'), n, toU32(flags, 'Mapping.mbind: flags'));
+  }
+
+  /** get_mempolicy(2) with MPOL_F_ADDR at `offset`: the policy of that page, and its nodes. */
+  getMempolicy(offset = 0): { mode: number; nodes: number[] } {
+    return native.getMempolicy(this.#use('get_mempolicy').handle, offset, 0);
+  }
+
+  /** move_pages(2) asking only: per page from `offset`, the node it is on, or -errno (-ENOENT: not present). */
+  movePages(offset: number, pages: number): number[] {
+    return native.movePages(this.#use('move_pages').handle, offset, toU32(pages, 'Mapping.movePages: pages'));
   }
 
   /** madvise(MADV_REMOVE): frees the backing pages; they read as zero next. */

@@ -11,6 +11,7 @@
 //         | vm-type:T | module:NAME | env:FACT
 //         | !TERM | any(TERM,TERM,...) | all(TERM,TERM,...)
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { Cap, type CapName, type VmTypeName, vmTypeNames } from '../../lib/binding/uapi.js';
 import { probe } from '../../lib/cli/probe.js';
 import { devKvmUsable } from './dev-kvm.js';
@@ -22,6 +23,7 @@ export const ENV_FACTS = {
   unsanitized: 'a build without ASan (which reserves terabytes of address space)',
   'non-root': 'to run as a user other than root',
   'dev-kvm': '/dev/kvm',
+  numa: 'a NUMA node in /sys/devices/system/node (a kernel with CONFIG_NUMA)',
 } as const;
 export type EnvFact = keyof typeof ENV_FACTS;
 
@@ -93,6 +95,7 @@ export function probeFacts(env: NodeJS.ProcessEnv = process.env): Facts {
       unsanitized: env.KVM_GMEM_ADDON === undefined,
       'non-root': process.getuid?.() !== 0,
       'dev-kvm': devKvmUsable(),
+      numa: existsSync('/sys/devices/system/node/node0'),
     },
     tool: hasTool,
   };

@@ -1223,6 +1223,8 @@ function mappingOp(c: Ctx): Call | null {
     [1, 'props'],
     [5, 'probe'],
     [2, 'advise'],
+    [2, 'mbind'],
+    [1, 'movePages'],
   ]);
   const name = c.st.name(m);
   const [o, l] = r.weighted<() => [unknown, unknown]>([
@@ -1260,6 +1262,23 @@ function mappingOp(c: Ctx): Call | null {
       return call('mapping.probe', `${name}.probe(${show(o ?? 0)}, ${show(len)}, ${show(access)}, ${show(byte)})`, () =>
         m.probe((o ?? 0) as number, len as number, access as 'read', byte as number),
       );
+    }
+    case 'mbind': {
+      const mode = r.pick<unknown>([0, 1, 2, 3, 4, 999, -1]);
+      const nodes = r.pick<unknown>([[], [0], [0, 1], [1023], [1024], 'x', [1.5]]);
+      const flags = r.pick<unknown>([undefined, 0, 1, 2, 4, 8, -1]);
+      return call(
+        'mapping.mbind',
+        `${name}.mbind(${show(o ?? 0)}, ${show(l ?? m.length)}, ${show(mode)}, ${show(nodes)}, ${show(flags)}) and get_mempolicy`,
+        () => {
+          m.mbind((o ?? 0) as number, (l ?? m.length) as number, mode as number, nodes as number[], flags as number);
+          m.getMempolicy((o ?? 0) as number);
+        },
+      );
+    }
+    case 'movePages': {
+      const n = r.pick<unknown>([1, 2, 16, 0, 65537, -1, 1.5]);
+      return call('mapping.movePages', `${name}.movePages(${show(o ?? 0)}, ${show(n)})`, () => m.movePages((o ?? 0) as number, n as number));
     }
     case 'advise': {
       const advice = r.pick<unknown>([0, 3, 4, 9, 14, 15, 20, 21, 22, 23, 25, 100, 101, 999, -1, 'x']);
@@ -2055,6 +2074,8 @@ function rawOp(c: Ctx): Call | null {
     [2, 'fstat'],
     [2, 'isCloexec'],
     [2, 'close'],
+    [1, 'memfd'],
+    [1, 'mempolicy'],
   ]);
   switch (what) {
     case 'createVm': {
@@ -2135,6 +2156,28 @@ function rawOp(c: Ctx): Call | null {
       return call('raw.fallocate', `raw.fallocate(${st.name(g)}, ${show(mode)}, ${show(off)}, ${show(len)})`, () =>
         raw.fallocate(fdObj, mode as number, off as number, len as number),
       );
+    }
+    case 'memfd': {
+      // Made and closed within the call: a plain file, nothing to track.
+      const name = r.pick<unknown>(['kvm-gmem', '', 'x'.repeat(300), 'a\0b', 7, undefined]);
+      const flags = r.pick<unknown>([undefined, 0, 1, 2, 4, 0x1000_0000, -1, 1.5]);
+      return call('raw.memfdCreate', `raw.memfdCreate(${show(name)}, ${show(flags)}), fstat, close`, () => {
+        using f = raw.memfdCreate(name as string, flags as number);
+        raw.fstat(f);
+      });
+    }
+    case 'mempolicy': {
+      // The thread's policy, set and put back to MPOL_DEFAULT.
+      const mode = r.pick<unknown>([0, 1, 2, 3, 4, 5, 999, -1, 'x']);
+      const nodes = r.pick<unknown>([[], [0], [0, 1], [1023], [1024], [-1], 'x', null, [1.5]]);
+      return call('raw.setMempolicy', `raw.setMempolicy(${show(mode)}, ${show(nodes)}), getMempolicy, back to default`, () => {
+        try {
+          raw.setMempolicy(mode as number, nodes as number[]);
+          raw.getMempolicy();
+        } finally {
+          raw.setMempolicy(0, []);
+        }
+      });
     }
     case 'fstat':
     case 'isCloexec': {
