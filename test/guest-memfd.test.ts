@@ -123,7 +123,10 @@ withGmem.describe('createGuestMemfd', () => {
     ['bit 2 (0x4)', 1 << 2],
     ['bit 4 (0x10)', 1 << 4],
     ['bit 31', 2 ** 31],
-  ])('a flag no kernel offers, %s, is GuestMemfdRuleError guest-memfd-flags; raw, EINVAL', (_name, bits) => {
+    // The kernel's field is 64 bits: bits 32..63 are judged, not refused as a type.
+    ['bit 32, a number', 2 ** 32],
+    ['bit 63, a bigint', 1n << 63n],
+  ])('a flag no kernel offers, %s, is GuestMemfdRuleError guest-memfd-flags; raw, EINVAL', (_name, bits: number | bigint) => {
     using kvm = openKvm();
     using vm = kvm.createVm();
     const err = expectRule(() => vm.createGuestMemfd({ size: 4096, flags: bits }), GuestMemfdRuleError, 'guest-memfd-flags');
@@ -148,6 +151,12 @@ withGmem.describe('createGuestMemfd', () => {
     using kvm = openKvm();
     using vm = kvm.createVm();
     expect(() => vm.createGuestMemfd({ size: 4096, flags: ['huge' as GuestMemfdFlagName] })).toThrow(TypeError);
+    // A mask that is no 64-bit value: TypeError (ERR_INVALID_ARG_VALUE) before anything is sent.
+    for (const bad of [-1, 2 ** 53, 1.5, -1n, 1n << 64n]) {
+      expect(() => vm.createGuestMemfd({ size: 4096, flags: bad }), String(bad)).toThrow(
+        expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' }),
+      );
+    }
   });
 });
 

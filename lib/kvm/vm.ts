@@ -24,8 +24,8 @@ import { Cap, type CapName, CapSince, errno, type GuestMemfdFlagName, guestMemfd
 export interface GuestMemfdOptions {
   /** Bytes; a non-zero multiple of 4096. */
   size: U64Input;
-  /** Create flags: names, or the raw bit mask. Default none. */
-  flags?: GuestMemfdFlagName[] | number;
+  /** Create flags: names, or the raw 64-bit mask (a number, or a bigint for bits 53..63). Default none. */
+  flags?: GuestMemfdFlagName[] | number | bigint;
 }
 
 export interface MemslotOptions {
@@ -159,7 +159,8 @@ export class Vm extends CheckExtensionFd {
     } catch (e) {
       throw this.kernelError(e, 'GUEST_MEMFD', { size, flags }, ['a create flag this kernel rejects although KVM_CAP_GUEST_MEMFD_FLAGS offered it']);
     }
-    const g = new GuestMemfd(gfd, this.id, Number(size), flags);
+    // Judged: only offered bits are left, all below 2^32.
+    const g = new GuestMemfd(gfd, this.id, Number(size), Number(flags));
     this.#guestMemfds.add(g);
     return g;
   }
@@ -507,9 +508,16 @@ function readBacking(b: MemslotBacking | undefined): BackingCopy {
   }
 }
 
-// createGuestMemfd's flags as the kernel's bit mask: names, or the raw mask.
-function flagMask(flags: readonly GuestMemfdFlagName[] | number): number {
-  if (typeof flags === 'number') return toU32(flags, 'createGuestMemfd: flags');
+// createGuestMemfd's flags as the kernel's 64-bit mask: names, or the raw
+// mask as a number (a safe integer) or a bigint (any of the 64 bits), kept in
+// the type given so a rule error shows what was asked. Unknown bits are the
+// rules' to refuse (guest-memfd-flags), with the kernel's EINVAL.
+function flagMask(flags: readonly GuestMemfdFlagName[] | number | bigint): number | bigint {
+  if (typeof flags === 'bigint') return toU64(flags, 'createGuestMemfd: flags');
+  if (typeof flags === 'number') {
+    toU64(flags, 'createGuestMemfd: flags'); // a safe integer >= 0, or a TypeError
+    return flags;
+  }
   let bits = 0;
   for (const f of flags) {
     const b = guestMemfdFlagBits[f];
@@ -519,11 +527,11 @@ function flagMask(flags: readonly GuestMemfdFlagName[] | number): number {
   return bits;
 }
 
-function copyFlags(f: unknown): readonly GuestMemfdFlagName[] | number {
+function copyFlags(f: unknown): readonly GuestMemfdFlagName[] | number | bigint {
   if (f === undefined) return 0;
-  if (typeof f === 'number') return f;
+  if (typeof f === 'number' || typeof f === 'bigint') return f;
   if (Array.isArray(f)) return Array.from(f as GuestMemfdFlagName[]);
-  throw argError('createGuestMemfd: flags must be an array of flag names or a number', 'ERR_INVALID_ARG_TYPE');
+  throw argError('createGuestMemfd: flags must be an array of flag names, a number or a bigint', 'ERR_INVALID_ARG_TYPE');
 }
 
 // A guest_memfd's fd read from the object itself, not through a getter
