@@ -20,7 +20,11 @@ const CHILDREN = 2;
 // instead of hundreds: fewer calls there, and more time for them.
 const inTestVm = process.env.TESTVM === '1';
 const CALLS = Number(process.env.FUZZ_CALLS ?? (inTestVm ? 300 : 4000));
-const TIME_LIMIT_MS = inTestVm ? 90_000 : 45_000;
+// No time limit on the campaign: every call is made (a hang is bounded by
+// the hang bound, and counted), so the count below is exact, not a race
+// against a loaded machine (two VMs side by side in CI cut a 90 s campaign
+// at 499 of 600 calls). The test's own timeout is the guard.
+const TEST_TIMEOUT_MS = inTestVm ? 900_000 : 300_000;
 
 // A fixed campaign by default, so `npm test` (and CI) asks the same calls
 // every run; FUZZ_SEED=random draws a new one, FUZZ_SEED=<u32> replays one.
@@ -52,8 +56,9 @@ test(
       calls: CALLS,
       parallel: CHILDREN,
       hazards: allHazards(true),
-      hangMs: 10_000,
-      timeLimitMs: TIME_LIMIT_MS,
+      // QEMU TCG beside another VM: a slow call is not a hang.
+      hangMs: inTestVm ? 30_000 : 10_000,
+      timeLimitMs: null,
       maxRespawns: 50,
       replay: false,
       excludeOps: null,
@@ -66,10 +71,10 @@ test(
       counted(s).map((f) => `${f.kind}: ${f.name}: ${f.detail}`),
       `seed ${seed}: findings\n${found}`,
     ).toEqual([]);
-    // The campaign really ran: most of its calls were made within the time bound.
-    expect(s.calls).toBeGreaterThanOrEqual(Math.min(CHILDREN * CALLS, 1000));
+    // The campaign really ran: every call was made.
+    expect(s.calls).toBeGreaterThanOrEqual(CHILDREN * CALLS);
     expect(s.ok).toBeGreaterThan(0);
     expect(s.typed).toBeGreaterThan(0);
   },
-  TIME_LIMIT_MS + 60_000,
+  TEST_TIMEOUT_MS,
 );
