@@ -54,6 +54,7 @@ import {
   AttributeRuleError,
   type ConversionRecord,
   emitUcall,
+  ExitReason,
   Guest,
   GuestIo,
   GuestMemfdRuleError,
@@ -452,7 +453,7 @@ swPrivate.describe('memory-fault exits', () => {
     const plain = h.vm.addMemslot({ gpa: P, size: 0x2000 });
     setU64(plain.view(P + 0x18, 8), 0x1234n);
     h.vm.convert({ gpa: P, size: PAGE }, 'private');
-    const expected = { kind: 'memory-fault', flags: 8n, gpa: BigInt(P), size: 4096n, private: true, errno: 14 };
+    const expected = { kind: 'memory-fault', exitReason: ExitReason.MEMORY_FAULT, flags: 8n, gpa: BigInt(P), size: 4096n, private: true, errno: 14 };
     for (let i = 0; i < 2; i++) {
       expect(g.vcpu.runSync({ timeoutMs: RUN_MS })).toEqual(expected);
       expect(g.vcpu.getRegs().rip).toBe(BigInt(g.label('load')));
@@ -494,7 +495,7 @@ swPrivate.describe('memory-fault exits', () => {
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(UnexpectedExitError);
-    expect(exits).toEqual([{ kind: 'memory-fault', flags: 8n, gpa: BigInt(P), size: 4096n, private: true, errno: 14 }]);
+    expect(exits).toEqual([{ kind: 'memory-fault', exitReason: ExitReason.MEMORY_FAULT, flags: 8n, gpa: BigInt(P), size: 4096n, private: true, errno: 14 }]);
     expect(g.vcpu.getRegs().rip).toBe(BigInt(g.label('load')));
     expect(h.vm.memslotAt(P)).toBeUndefined();
     expect(h.vm.privateRanges()).toEqual([{ gpa: P, size: 0x2000 }]); // attributes outlive the memslot
