@@ -3,7 +3,7 @@
 // vm-type:sw-protected, sw-protected:attr:private, gmem-flag:mmap, ...) and
 // judged against the same report, built once per process; or given as a
 // predicate with its reason. Unmet, it yields the skip reason.
-import { judgeRequirement, parseRequirement, probe, type ProbeReport, RequirementSyntaxError } from '../cli/probe.js';
+import { judgeRequirement, parseRequirement, probe, type ProbeReport } from '../cli/probe.js';
 
 /** A requirement: probe grammar, or `{ reason, met }` for anything else. */
 export type Need = string | { readonly reason: string; readonly met: boolean | (() => boolean) };
@@ -34,5 +34,3 @@ export function unmet(need: Need): string | undefined {
   const judged = judgeRequirement(r, need, req);
   return judged.met ? undefined : `Requirement not met: ${judged.requirement} (${judged.answered}; added in Linux ${judged.since})`;
 }
-
-export { RequirementSyntaxError };
