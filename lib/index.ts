@@ -66,14 +66,20 @@ export { Assembler, AsmError, mem, offset, type AssembleResult, type Cond, type 
 export {
   Guest,
   GuestAssertError,
+  GuestExceptionError,
   GuestTimeoutError,
   UnexpectedExitError,
   KVM_HC_MAP_GPA_RANGE,
   KVM_MAP_GPA_RANGE_ENCRYPTED,
+  type AddVcpuOptions,
+  type GuestAssertValues,
   type GuestOptions,
   type GuestMemoryOptions,
   type RunUntilDoneOptions,
   type RunResult,
 } from './guest/guest.js';
-export { GuestIo, Ucall, UCALL_PORT, emitUcall } from './guest/ucall.js';
+export { PhysPages, PhysPagesExhaustedError, type PhysAllocOptions } from './guest/phys-pages.js';
+export { GuestMapError, type MapOptions, type PageSize } from './guest/page-tables.js';
+export { EXCEPTION_NAMES } from './guest/idt.js';
+export { GuestIo, Ucall, UCALL_PORT, UCALL_ARG_REGS, emitUcall, formatGuestPrintf, type CmpOp } from './guest/ucall.js';
 export { Layout, Selector } from './guest/layout.js';

@@ -67,6 +67,10 @@ export interface NativeBinding {
   // guest_memfd.cc
   fallocate(fd: number, mode: number, offset: U64Input, length: U64Input): void;
   fstat(fd: number): FstatResult;
+  // system.cc
+  /** read/write (offset ignored) or pread/pwrite; EAGAIN where poll(2) says the fd is not ready. */
+  fileIo(op: 'read' | 'write' | 'pread' | 'pwrite', fd: number, buffer: Uint8Array, offset: U64Input): number;
+  ftruncate(fd: number, length: U64Input): void;
   // mmap.cc
   /** checkFile: refuse ranges past the end of a regular file and unmappable guest_memfds (SIGBUS). */
   mmap(fd: number, length: U64Input, prot: number, flags: number, offset: U64Input, checkFile: boolean): NativeMapping;

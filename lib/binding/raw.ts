@@ -93,6 +93,40 @@ export function fstat(f: FdLike): FstatResult {
   return call({ fd }, () => native.fstat(fd));
 }
 
+/**
+ * read(2) into `buffer` at the file position; the bytes read. These four
+ * are for tests of what a file refuses (guest_memfd refuses all of them);
+ * none blocks: an fd that poll(2) reports not ready answers EAGAIN.
+ */
+export function read(f: FdLike, buffer: Uint8Array): number {
+  const fd = fdOf(f);
+  return call({ fd, length: buffer?.byteLength }, () => native.fileIo('read', fd, buffer, 0));
+}
+
+/** write(2) of `buffer` at the file position; the bytes written (see read()). */
+export function write(f: FdLike, buffer: Uint8Array): number {
+  const fd = fdOf(f);
+  return call({ fd, length: buffer?.byteLength }, () => native.fileIo('write', fd, buffer, 0));
+}
+
+/** pread(2) into `buffer` at `offset`; the bytes read (see read()). */
+export function pread(f: FdLike, buffer: Uint8Array, offset: U64Input): number {
+  const fd = fdOf(f);
+  return call({ fd, length: buffer?.byteLength, offset }, () => native.fileIo('pread', fd, buffer, offset));
+}
+
+/** pwrite(2) of `buffer` at `offset`; the bytes written (see read()). */
+export function pwrite(f: FdLike, buffer: Uint8Array, offset: U64Input): number {
+  const fd = fdOf(f);
+  return call({ fd, length: buffer?.byteLength, offset }, () => native.fileIo('pwrite', fd, buffer, offset));
+}
+
+/** ftruncate(2) (a guest_memfd's size is fixed at create: the kernel refuses). */
+export function ftruncate(f: FdLike, length: U64Input): void {
+  const fd = fdOf(f);
+  call({ fd, length }, () => native.ftruncate(fd, length));
+}
+
 /** Whether FD_CLOEXEC is set on `fd`. */
 export function isCloexec(f: FdLike): boolean {
   return native.fdCloexec(fdOf(f));

@@ -9,6 +9,8 @@ export const Layout = {
   GDT: 0x7000,
   TSS: 0x7800,
   STACK_TOP: 0xf000,
+  /** The IDT of 64-bit guests: 32 gates to the exception stubs. */
+  IDT: 0xf000,
   /** Default entry point of 64-bit guests. */
   CODE: 0x10000,
   /** Default entry point of real-mode guests. */

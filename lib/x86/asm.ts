@@ -93,6 +93,7 @@ const SIMPLE = {
   pause: [0xf3, 0x90],
   vmcall: [0x0f, 0x01, 0xc1],
   vmmcall: [0x0f, 0x01, 0xd9],
+  iretq: [0x48, 0xcf],
 } as const;
 
 /** Operand kinds after parsing a method argument. */
@@ -571,6 +572,11 @@ export class Assembler {
   }
   ud2(): this {
     return this.simple('ud2');
+  }
+  /** Return from an interrupt or exception handler (64-bit code). */
+  iretq(): this {
+    if (this.bits !== 64) throw new AsmError('iretq is a 64-bit instruction');
+    return this.simple('iretq');
   }
   cpuid(): this {
     return this.simple('cpuid');

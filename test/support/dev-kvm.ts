@@ -14,6 +14,7 @@ export const NEEDS_DEV_KVM: readonly string[] = [
   'test/doc-examples.test.ts',
   'test/examples.test.ts',
   'test/fuzz.test.ts',
+  'test/guest-helpers.test.ts',
   'test/guest-memfd.test.ts',
   'test/guest.test.ts',
   'test/kvm.test.ts',
