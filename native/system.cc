@@ -5,8 +5,10 @@
 // (Documentation/virt/kvm/api.rst, section 4). One function per syscall;
 // policy lives in lib/kvm/kvm.ts.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -182,7 +184,64 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+// fileIo(op, fd, buffer, offset) -> bytes: read(2)/write(2) (offset -1) or
+// pread(2)/pwrite(2), for tests of what a file refuses (guest_memfd refuses
+// all four). Never blocks: an fd that poll(2) says is not ready answers
+// EAGAIN, so a pipe or socket cannot hold the thread. The buffer's bytes are
+// taken at the call; the call is synchronous, so no JavaScript can detach it.
+static Napi::Value FileIo(const Napi::CallbackInfo& info) {
+  const char* fn = "fileIo";
+  ExpectArgs(info, 4, fn);
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw ArgError(env, "fileIo: op must be a string");
+  std::string op = info[0].As<Napi::String>();
+  bool write = op == "write" || op == "pwrite";
+  if (!write && op != "read" && op != "pread") throw ArgError(env, "fileIo: op must be read, write, pread or pwrite", kArgValue);
+  int fd = FdArg(info, 1, fn, "fd");
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw ArgError(env, "fileIo: buffer must be a Uint8Array");
+  Napi::Uint8Array buf = info[2].As<Napi::Uint8Array>();
+  bool positioned = op[0] == 'p';
+  uint64_t offset = positioned ? U64Arg(info, 3, fn, "offset") : 0;
+  if (offset > static_cast<uint64_t>(INT64_MAX)) throw ArgError(env, "fileIo: offset must be below 2^63", kArgValue);
+  // pread/pwrite on a pipe or socket fail with ESPIPE before they could
+  // wait, so only the calls that can wait ask poll(2) first.
+  struct stat st;
+  bool mayWait = !positioned || (fstat(fd, &st) == 0 && S_ISCHR(st.st_mode));
+  if (mayWait) {
+    struct pollfd p = {fd, static_cast<short>(write ? POLLOUT : POLLIN), 0};
+    int r = poll(&p, 1, 0);
+    if (r < 0) ThrowErrno(env, errno, "poll");
+    if (p.revents & POLLNVAL) ThrowErrno(env, EBADF, op.c_str());
+    if (r == 0) ThrowErrno(env, EAGAIN, op.c_str());
+  }
+  ssize_t n;
+  uint8_t* data = buf.ByteLength() == 0 ? nullptr : buf.Data();
+  size_t len = buf.ByteLength();
+  if (op == "read")
+    n = read(fd, data, len);
+  else if (op == "write")
+    n = ::write(fd, data, len);
+  else if (op == "pread")
+    n = pread(fd, data, len, static_cast<off_t>(offset));
+  else
+    n = pwrite(fd, data, len, static_cast<off_t>(offset));
+  if (n < 0) ThrowErrno(env, errno, op.c_str());
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// ftruncate(fd, length).
+static void Ftruncate(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 2, "ftruncate");
+  int fd = FdArg(info, 0, "ftruncate", "fd");
+  uint64_t length = U64Arg(info, 1, "ftruncate", "length");
+  if (length > static_cast<uint64_t>(INT64_MAX)) throw ArgError(info.Env(), "ftruncate: length must be below 2^63", kArgValue);
+  if (ftruncate(fd, static_cast<off_t>(length)) < 0) ThrowErrno(info.Env(), errno, "ftruncate");
+}
+
 void InitSystem(Napi::Env env, Napi::Object exports) {
+  exports.Set("fileIo", Napi::Function::New(env, FileIo, "fileIo"));
+  exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("openDevice", Napi::Function::New(env, OpenDevice, "openDevice"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
