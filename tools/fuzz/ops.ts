@@ -2076,6 +2076,7 @@ function rawOp(c: Ctx): Call | null {
     [2, 'close'],
     [1, 'memfd'],
     [1, 'mempolicy'],
+    [2, 'fileio'],
   ]);
   switch (what) {
     case 'createVm': {
@@ -2164,6 +2165,36 @@ function rawOp(c: Ctx): Call | null {
       return call('raw.memfdCreate', `raw.memfdCreate(${show(name)}, ${show(flags)}), fstat, close`, () => {
         using f = raw.memfdCreate(name as string, flags as number);
         raw.fstat(f);
+      });
+    }
+    case 'fileio': {
+      // read/write/pread/pwrite/ftruncate on the package's own fds (KVM
+      // refuses them) or on a memfd made within the call; hostile buffers
+      // and offsets. None may block: an fd that could wait is polled first.
+      const t = r.pick<object[]>([st.kvms, st.vms, st.gmems, st.vcpus]);
+      const o = r.chance(0.3) ? null : anyOf(c, t as { fd: number }[]);
+      const op = r.pick(['read', 'write', 'pread', 'pwrite', 'ftruncate'] as const);
+      const buf = r.pick<unknown>([new Uint8Array(64), new Uint8Array(0), new Uint8Array(PAGE + 1), new Uint16Array(4), [1, 2], null, 'x']);
+      const off = r.pick<unknown>([0, 1, PAGE, 2 ** 53 - 1, 1n << 63n, (1n << 64n) - 1n, -1, 1.5]);
+      const run = (f: { fd: number } | number): unknown => {
+        switch (op) {
+          case 'read':
+            return raw.read(f, buf as Uint8Array);
+          case 'write':
+            return raw.write(f, buf as Uint8Array);
+          case 'pread':
+            return raw.pread(f, buf as Uint8Array, off as number);
+          case 'pwrite':
+            return raw.pwrite(f, buf as Uint8Array, off as number);
+          default:
+            return raw.ftruncate(f, off as number);
+        }
+      };
+      const target = o === null ? 'a memfd' : st.name(o);
+      return call(`raw.${op}`, `raw.${op}(${target}, ${show(buf)}, ${show(off)})`, () => {
+        if (o !== null) return run(o);
+        using f = raw.memfdCreate('kvm-gmem-fuzz');
+        return run(f);
       });
     }
     case 'mempolicy': {
