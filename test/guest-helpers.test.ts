@@ -20,27 +20,12 @@ import {
   PhysPagesExhaustedError,
   type Vm,
 } from '../lib/index.js';
-import { newVm } from './helpers.js';
+import { newVm, rejection, u64 } from './helpers.js';
 
 function long(vm: Vm, code: (a: Assembler, io: GuestIo) => void, more: Omit<GuestOptions, 'code'> = {}): Guest {
   const g = Guest.longMode(vm, { ...more, code });
   onTestFailed(() => console.log(`guest listing:\n${g.listing}`));
   return g;
-}
-
-async function rejection<E>(p: Promise<unknown>, cls: abstract new (...args: never[]) => E): Promise<E> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(cls);
-  return err as E;
-}
-
-function u64(bytes: Uint8Array): bigint {
-  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
 }
 
 const GIB4 = 0x1_0000_0000;

@@ -27,7 +27,7 @@ import {
   type Vm,
   type VmTypeName,
 } from '../lib/index.js';
-import { gate, hostCaps, needs, newVm, pickVmType } from './helpers.js';
+import { gate, hostCaps, needs, newVm, pickVmType, rejection, u64 } from './helpers.js';
 
 const kvmPvm = needs.kvmModule('kvm_pvm');
 const mappable = (c: Capabilities) => c.guestMemfdFlags.includes('mmap') && c.guestMemfdFlags.includes('init-shared');
@@ -67,22 +67,6 @@ function build(mode: 'real' | 'long', vm: Vm, options: GuestOptions): Guest {
 
 function long(vm: Vm, code: (a: Assembler, io: GuestIo) => void): Guest {
   return build('long', vm, { code });
-}
-
-/** Runs `p`, which must reject with `cls`; returns the error. */
-async function rejection<E>(p: Promise<unknown>, cls: abstract new (...args: never[]) => E): Promise<E> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(cls);
-  return err as E;
-}
-
-function u64(bytes: Uint8Array): bigint {
-  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
 }
 
 /** KVM_HC_MAP_GPA_RANGE(gpa, npages, private ? ENCRYPTED : 0); asserts `code` unless RAX is 0. */

@@ -193,6 +193,23 @@ export function thrown(f: () => unknown): unknown {
   throw new Error('expected a throw, got none');
 }
 
+/** Awaits `p`, which must reject with `cls`; returns the error. */
+export async function rejection<E>(p: Promise<unknown>, cls: Class<E>): Promise<E> {
+  let err: unknown;
+  try {
+    await p;
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(cls);
+  return err as E;
+}
+
+/** The little-endian u64 at the start of `bytes`. */
+export function u64(bytes: Uint8Array): bigint {
+  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+}
+
 /** Runs `fn`, which must throw `cls` with this `rule`; returns the error. */
 export function expectRule<E extends KvmRuleError>(fn: () => unknown, cls: Class<E>, rule: string): E {
   let err: unknown;

@@ -75,7 +75,7 @@ import {
   type VcpuExit,
   type Vm,
 } from '../lib/index.js';
-import { expectKernel, expectKernelAgrees, expectRule, gate, needs, newVm, openKvm, tables } from './helpers.js';
+import { expectKernel, expectKernelAgrees, expectRule, gate, needs, newVm, openKvm, tables, u64 } from './helpers.js';
 
 // Under QEMU TCG the test VM's kernel sometimes oopses ("int3" in
 // __schedule) while it patches a static key, and KVM flips two of them each
@@ -116,10 +116,6 @@ function longGuest(vm: Vm, code: (a: Assembler, io: GuestIo) => void, kind: 'gue
   const g = Guest.longMode(vm, { memory: { kind }, code });
   onTestFailed(() => console.log(`guest listing:\n${g.listing}`));
   return g;
-}
-
-function u64(bytes: Uint8Array): bigint {
-  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
 }
 
 function setU64(bytes: Uint8Array, v: bigint): void {

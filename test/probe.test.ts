@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ClosedError, errno, Kvm, KvmError, Mapping, Memfd, Mempolicy, Mmap, raw } from '../lib/index.js';
-import { gate, needs, pickVmType } from './helpers.js';
+import { gate, needs, pickVmType, thrown } from './helpers.js';
 
 const PAGE = 4096;
 // (The tsconfig's libs have no WebAssembly types.)
@@ -161,7 +161,7 @@ describe('memory policy and memfd calls', () => {
     expect(m.getMempolicy(2 * PAGE)).toEqual({ mode: Mempolicy.MPOL_BIND, nodes: [0] });
     m.mbind(0, 4 * PAGE, Mempolicy.MPOL_DEFAULT, []);
     expect(m.getMempolicy(0)).toEqual({ mode: Mempolicy.MPOL_DEFAULT, nodes: [] });
-    const e = thrownBy(() => m.mbind(0, PAGE, 999, [0]));
+    const e = thrown(() => m.mbind(0, PAGE, 999, [0]));
     expect(e).toBeInstanceOf(KvmError);
     expect((e as KvmError).code).toBe('EINVAL');
   });
@@ -206,15 +206,6 @@ describe('memory policy and memfd calls', () => {
   });
 });
 
-function thrownBy(f: () => unknown): unknown {
-  try {
-    f();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}
-
 // read/write/pread/pwrite/ftruncate on any fd: a plain memfd takes them; a
 // pipe with nothing in it answers EAGAIN instead of blocking; guest_memfd
 // refuses all five (GM-4; the test-VM kernels with KVM_CAP_GUEST_MEMFD).
@@ -240,15 +231,15 @@ describe('file I/O on any fd', () => {
   test('a pipe never blocks the thread: an empty read is EAGAIN; pread is ESPIPE; bad arguments are TypeErrors', () => {
     const [r, w] = pipe();
     try {
-      expect(thrownBy(() => raw.read(r, new Uint8Array(8)))).toMatchObject({ code: 'EAGAIN', syscall: 'read' });
+      expect(thrown(() => raw.read(r, new Uint8Array(8)))).toMatchObject({ code: 'EAGAIN', syscall: 'read' });
       expect(raw.write(w, new Uint8Array([5]))).toBe(1);
       const b = new Uint8Array(8);
       expect(raw.read(r, b)).toBe(1);
-      expect(thrownBy(() => raw.pread(r, b, 0))).toMatchObject({ code: 'ESPIPE' });
-      expect(thrownBy(() => raw.read(-5, b))).toBeInstanceOf(TypeError);
-      expect(thrownBy(() => raw.read(r, [1, 2] as unknown as Uint8Array))).toBeInstanceOf(TypeError);
-      expect(thrownBy(() => raw.pread(r, b, -1))).toBeInstanceOf(TypeError);
-      expect(thrownBy(() => raw.ftruncate(r, 2n ** 63n))).toBeInstanceOf(TypeError);
+      expect(thrown(() => raw.pread(r, b, 0))).toMatchObject({ code: 'ESPIPE' });
+      expect(thrown(() => raw.read(-5, b))).toBeInstanceOf(TypeError);
+      expect(thrown(() => raw.read(r, [1, 2] as unknown as Uint8Array))).toBeInstanceOf(TypeError);
+      expect(thrown(() => raw.pread(r, b, -1))).toBeInstanceOf(TypeError);
+      expect(thrown(() => raw.ftruncate(r, 2n ** 63n))).toBeInstanceOf(TypeError);
     } finally {
       closeSync(r);
       closeSync(w);
@@ -267,7 +258,7 @@ describe('file I/O on any fd', () => {
       () => raw.pwrite(gmem, b, 0),
       () => raw.ftruncate(gmem, 8 * PAGE),
     ]) {
-      expect(thrownBy(f)).toBeInstanceOf(KvmError);
+      expect(thrown(f)).toBeInstanceOf(KvmError);
     }
     expect(gmem.stat().size).toBe(4 * PAGE);
   });

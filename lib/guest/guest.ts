@@ -434,7 +434,7 @@ export class Guest implements Disposable {
         ms < 0
           ? await vcpu.run({ signal: stop })
           : left > 0
-            ? await vcpu.run({ timeoutMs: Math.ceil(left), signal: stop })
+            ? await vcpu.run({ timeoutMs: left, signal: stop })
             : ({ kind: 'interrupted', deadline: true } as const);
       result.exits++;
       if (exit.kind === 'interrupted') {

@@ -5,7 +5,7 @@
 // never land on the guest's own data. Tables are read and written through
 // the memslots' shared backing, so they must live in memory that has one.
 import { rangeError, toU64, type U64Input } from '../args.js';
-import { KvmGmemError } from '../errors.js';
+import { hex, KvmGmemError } from '../errors.js';
 import type { Vm } from '../kvm/vm.js';
 import type { PhysPages } from './phys-pages.js';
 
@@ -44,10 +44,6 @@ export interface MapOptions {
 function canonical(gva: bigint): boolean {
   const top = gva >> 47n;
   return top === 0n || top === 0x1ffffn;
-}
-
-function hex(v: bigint): string {
-  return `0x${v.toString(16)}`;
 }
 
 export class PageTables {
