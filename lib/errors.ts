@@ -232,12 +232,16 @@ export class VcpuBusyError extends KvmGmemError {
 export class MappingInUseError extends KvmGmemError {
   override name = 'MappingInUseError';
   readonly code = 'ERR_KVM_MAPPING_IN_USE';
+  /** `memslots`: the users (memslots, or a reservation's fixed mappings when `kind` is 'unmap'). */
   constructor(
     readonly address: bigint,
     readonly memslots: readonly string[],
+    kind: 'delete' | 'unmap' = 'delete',
   ) {
     super(
-      `the mapping at ${hex(address)} backs ${memslots.join(', ')}: delete ${memslots.length === 1 ? 'that memslot' : 'those memslots'} before unmapping it`,
+      kind === 'delete'
+        ? `the mapping at ${hex(address)} backs ${memslots.join(', ')}: delete ${memslots.length === 1 ? 'that memslot' : 'those memslots'} before unmapping it`
+        : `the reservation at ${hex(address)} holds ${memslots.join(', ')}: unmap ${memslots.length === 1 ? 'it' : 'them'} before the reservation`,
     );
   }
 }

@@ -21,6 +21,10 @@ AddonData::~AddonData() {
   for (Runner* r : runners) StopRunner(r);
   runners.clear();
   for (auto& [addr, m] : mappings) {
+    for (Mapping* c : m->children) {  // gone with their reservation
+      c->unmapped = true;
+      c->owner = nullptr;
+    }
     munmap(m->addr, m->length);
     m->unmapped = true;
     m->owner = nullptr;

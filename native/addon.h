@@ -25,6 +25,10 @@ struct Runner;
 // (kvm_run): no one unmaps it while one is pinned, not even environment
 // teardown, which stops the runners first. `owner` is the environment whose
 // `mappings` lists the record, or null once it is no longer listed.
+// A reservation (PROT_NONE, made by reserve()) may hold MAP_FIXED mappings:
+// each such child names its `parent` (and holds one of its refs), is not in
+// `mappings`, and on unmap is replaced by PROT_NONE again instead of leaving
+// a hole that the next mmap of anyone could take.
 struct Mapping {
   void* addr;
   size_t length;
@@ -32,6 +36,9 @@ struct Mapping {
   int refs;
   int pins;
   AddonData* owner;
+  bool reservation = false;
+  Mapping* parent = nullptr;
+  std::vector<Mapping*> children = {};
 };
 
 // Per-environment state (main thread and each worker thread get their own).

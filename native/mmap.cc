@@ -49,7 +49,32 @@ static bool IsGuestMemfd(int fd, long fsType) {
 }
 constexpr uint64_t kGmemFlagMmap = 1, kGmemFlagInitShared = 2;
 
+constexpr int kReserveFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+
+// Gives a child's range back to its reservation: PROT_NONE in place (an
+// atomic replacement), so the address range never becomes free while the
+// reservation owns it.
+static int Rereserve(Mapping* m) { return mmap(m->addr, m->length, PROT_NONE, kReserveFlags | MAP_FIXED, -1, 0) == MAP_FAILED ? errno : 0; }
+
+static void Unlink(Mapping* child) {
+  auto& c = child->parent->children;
+  for (auto it = c.begin(); it != c.end(); ++it) {
+    if (*it == child) {
+      c.erase(it);
+      return;
+    }
+  }
+}
+
 static void Drop(Mapping* m) {
+  if (m->parent != nullptr) {
+    Mapping* parent = m->parent;
+    if (!m->unmapped) Rereserve(m);
+    Unlink(m);
+    delete m;
+    UnrefMapping(parent);
+    return;
+  }
   if (m->owner != nullptr) {
     auto it = m->owner->mappings.find(m->addr);
     if (it != m->owner->mappings.end() && it->second == m) m->owner->mappings.erase(it);
@@ -127,6 +152,27 @@ static void CheckFileMapping(Napi::Env env, int fd, uint64_t length, uint64_t of
                    kArgValue);
 }
 
+// The JavaScript side of a new record: { handle, address, buffer }, where
+// `buffer` views [0, min(length, maxView)). The handle holds one ref.
+static Napi::Value Handed(Napi::Env env, Mapping* m) {
+  m->refs++;  // the handle's; released by its finalizer
+  Napi::External<Mapping> handle;
+  try {
+    handle = Napi::External<Mapping>::New(env, m, FinalizeHandle);
+  } catch (...) {
+    UnrefMapping(m);
+    throw;
+  }
+  size_t max = Data(env).maxView;
+  napi_value ab = NewView(env, m, 0, m->length < max ? m->length : max);
+  if (ab == nullptr) throw CodedError(env, "mmap: could not create the view", "ERR_KVM_INTERNAL");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("handle", handle);
+  o.Set("buffer", Napi::Value(env, ab));
+  o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(m->addr))));
+  return o;
+}
+
 // mmap(fd | -1, length, prot, flags, offset, checkFile) -> { handle, address, buffer }
 // `buffer` views [0, min(length, maxView)).
 static Napi::Value Mmap(const Napi::CallbackInfo& info) {
@@ -145,24 +191,23 @@ static Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (fd >= 0 && check) CheckFileMapping(env, fd, length, offset);
   void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) ThrowErrno(env, errno, "mmap");
-  AddonData& d = Data(env);
-  auto* m = new Mapping{p, static_cast<size_t>(length), false, 0, 0, &d};
-  d.mappings[p] = m;
-  m->refs++;  // the handle's; released by its finalizer
-  Napi::External<Mapping> handle;
-  try {
-    handle = Napi::External<Mapping>::New(env, m, FinalizeHandle);
-  } catch (...) {
-    UnrefMapping(m);
-    throw;
-  }
-  napi_value ab = NewView(env, m, 0, length < d.maxView ? length : d.maxView);
-  if (ab == nullptr) throw CodedError(env, "mmap: could not create the view", "ERR_KVM_INTERNAL");
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("handle", handle);
-  o.Set("buffer", Napi::Value(env, ab));
-  o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))));
-  return o;
+  auto* m = new Mapping{p, static_cast<size_t>(length), false, 0, 0, &Data(env)};
+  Data(env).mappings[p] = m;
+  return Handed(env, m);
+}
+
+// reserve(length) -> { handle, address, buffer }: PROT_NONE address space
+// for mmapFixed() to place mappings in (touching it is SIGSEGV).
+static Napi::Value Reserve(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, 1, "reserve");
+  Napi::Env env = info.Env();
+  uint64_t length = U64Arg(info, 0, "reserve", "length");
+  void* p = mmap(nullptr, length, PROT_NONE, kReserveFlags, -1, 0);
+  if (p == MAP_FAILED) ThrowErrno(env, errno, "mmap");
+  auto* m = new Mapping{p, static_cast<size_t>(length), false, 0, 0, &Data(env)};
+  m->reservation = true;
+  Data(env).mappings[p] = m;
+  return Handed(env, m);
 }
 
 static Mapping* HandleArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
@@ -175,6 +220,48 @@ static Mapping* HandleArg(const Napi::CallbackInfo& info, size_t i, const char* 
 
 static void CheckRange(const Napi::CallbackInfo& info, Mapping* m, uint64_t offset, uint64_t length, const char* fn) {
   if (offset > m->length || length > m->length - offset) throw ArgRangeError(info.Env(), std::string(fn) + ": range outside the mapping");
+}
+
+// mmapFixed(reservation, at, length, prot, flags, fd | -1, offset) -> a
+// MAP_FIXED mapping at reservation + at (GM-16's placement at a chosen,
+// e.g. PMD-aligned, address). Only inside a reservation of this package and
+// over none of its live children: MAP_FIXED elsewhere could replace memory
+// that V8, the heap or a memslot uses. A refused mmap leaves the range
+// reserved (the kernel may have unmapped it before failing).
+static Napi::Value MmapFixed(const Napi::CallbackInfo& info) {
+  const char* fn = "mmapFixed";
+  ExpectArgs(info, 7, fn);
+  Napi::Env env = info.Env();
+  Mapping* parent = HandleArg(info, 0, fn);
+  uint64_t at = U64Arg(info, 1, fn, "at");
+  uint64_t length = U64Arg(info, 2, fn, "length");
+  uint32_t prot = U32Arg(info, 3, fn, "prot");
+  uint32_t flags = U32Arg(info, 4, fn, "flags");
+  int fd = -1;
+  if (!(info[5].IsNumber() && info[5].As<Napi::Number>().DoubleValue() == -1)) fd = FdArg(info, 5, fn, "fd");
+  uint64_t offset = U64Arg(info, 6, fn, "offset");
+  if (!parent->reservation) throw ArgError(env, std::string(fn) + ": the mapping is not a reservation (Mapping.reserve())", kArgValue);
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (at % page != 0 || length == 0 || length % page != 0)
+    throw ArgRangeError(env, std::string(fn) + ": at and length must be whole pages, length > 0");
+  CheckRange(info, parent, at, length, fn);
+  char* addr = static_cast<char*>(parent->addr) + at;
+  for (Mapping* c : parent->children) {
+    char* lo = static_cast<char*>(c->addr);
+    if (addr < lo + c->length && lo < addr + length)
+      throw ArgError(env, std::string(fn) + ": the range overlaps a live fixed mapping of this reservation", kArgValue);
+  }
+  void* p = mmap(addr, length, static_cast<int>(prot), static_cast<int>(flags | MAP_FIXED), fd, static_cast<off_t>(offset));
+  if (p == MAP_FAILED) {
+    int e = errno;
+    mmap(addr, length, PROT_NONE, kReserveFlags | MAP_FIXED, -1, 0);
+    ThrowErrno(env, e, "mmap");
+  }
+  auto* m = new Mapping{p, static_cast<size_t>(length), false, 0, 0, &Data(env)};
+  m->parent = parent;
+  parent->refs++;  // the child's; released when the child record is freed
+  parent->children.push_back(m);
+  return Handed(env, m);
 }
 
 // mappingView(handle, offset, length) -> ArrayBuffer over that range.
@@ -202,6 +289,9 @@ static void Munmap(const Napi::CallbackInfo& info) {
   Mapping* m = HandleArg(info, 0, "munmap");
   if (!info[1].IsArray()) throw ArgError(info.Env(), "munmap: expected the mapping's views as an array");
   if (m->pins > 0) throw ArgError(info.Env(), "munmap: a vCPU runner thread is using this mapping", kArgValue);
+  if (!m->children.empty())
+    throw ArgError(info.Env(), "munmap: " + std::to_string(m->children.size()) + " fixed mapping(s) live inside this reservation",
+                   kArgValue);
   Napi::Array views = info[1].As<Napi::Array>();
   char* lo = static_cast<char*>(m->addr);
   for (uint32_t i = 0; i < views.Length(); i++) {
@@ -215,6 +305,11 @@ static void Munmap(const Napi::CallbackInfo& info) {
   if (m->owner != nullptr) m->owner->mappings.erase(m->addr);
   m->owner = nullptr;
   m->unmapped = true;
+  if (m->parent != nullptr) {
+    Unlink(m);  // the record stays the parent's ref until it is freed
+    if (int e = Rereserve(m)) ThrowErrno(info.Env(), e, "mmap");
+    return;
+  }
   if (munmap(m->addr, m->length) < 0) ThrowErrno(info.Env(), errno, "munmap");
 }
 
@@ -507,6 +602,8 @@ void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("probeMapping", Napi::Function::New(env, ProbeMapping, "probeMapping"));
   exports.Set("probeAddress", Napi::Function::New(env, ProbeAddress, "probeAddress"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("reserve", Napi::Function::New(env, Reserve, "reserve"));
+  exports.Set("mmapFixed", Napi::Function::New(env, MmapFixed, "mmapFixed"));
   exports.Set("mappingView", Napi::Function::New(env, MappingView, "mappingView"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));

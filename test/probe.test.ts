@@ -147,6 +147,77 @@ describe('guest_memfd mappings', () => {
   });
 });
 
+// MAP_FIXED only inside address space the package reserved: a fixed
+// mapping replaces the PROT_NONE it lands on, and its unmap puts PROT_NONE
+// back, so no other mapping of the process can be hit or take the hole.
+describe('MAP_FIXED inside a reservation (Mapping.reserve / mapFixed)', () => {
+  test('a reservation faults everywhere; a fixed mapping lands at the address asked; its unmap reserves the range again', () => {
+    using r = Mapping.reserve(8 * PAGE);
+    expect(r.probe(0, 8 * PAGE, 'read').result).toBe('SIGSEGV');
+    const c = r.mapFixed({ at: 2 * PAGE, length: 2 * PAGE });
+    expect(c.address).toBe(r.address + BigInt(2 * PAGE));
+    expect(c.probe(0, 2 * PAGE, 'write', 0x5a).result).toBe('ok');
+    // The reservation sees the child's pages where it placed them; not around them.
+    expect(r.probe(2 * PAGE, 2 * PAGE).data).toEqual(new Uint8Array(2 * PAGE).fill(0x5a));
+    expect(r.probe(PAGE, 1).result).toBe('SIGSEGV');
+    expect(r.probe(4 * PAGE, 1).result).toBe('SIGSEGV');
+    c.unmap();
+    expect(c.unmapped).toBe(true);
+    expect(r.probe(2 * PAGE, 1)).toMatchObject({ result: 'SIGSEGV', address: r.address + BigInt(2 * PAGE) });
+    // The range is free for the next fixed mapping, which reads zero.
+    using again = r.mapFixed({ at: 2 * PAGE, length: PAGE });
+    expect(again.probe(0, 1).data).toEqual(new Uint8Array([0]));
+  });
+
+  test('a file at a 2 MiB-aligned address inside twice 2 MiB of reservation (GM-16 placement)', () => {
+    const fd = fileOf(2 << 20);
+    try {
+      using r = Mapping.reserve(4 << 20);
+      const at = ((r.address + 0x1fffffn) & ~0x1fffffn) - r.address;
+      using m = r.mapFixed({ at, length: 2 << 20, fd });
+      expect(m.address % (2n << 20n)).toBe(0n);
+      expect(m.probe(0, 2 << 20, 'write', 1).result).toBe('ok');
+      m.advise(0, 2 << 20, Mmap.MADV_DONTNEED);
+      expect(m.probe(0, 1).data).toEqual(new Uint8Array([1]));
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('refusals: not a reservation, unaligned, outside, overlapping a live child, the reservation while a child lives', () => {
+    using plain = Mapping.anonymousShared(PAGE);
+    expect(thrown(() => plain.mapFixed({ at: 0, length: PAGE }))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' });
+    using r = Mapping.reserve(4 * PAGE);
+    expect(thrown(() => r.mapFixed({ at: 1, length: PAGE }))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+    expect(thrown(() => r.mapFixed({ at: 0, length: PAGE + 1 }))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+    expect(thrown(() => r.mapFixed({ at: 3 * PAGE, length: 2 * PAGE }))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+    expect(thrown(() => r.mapFixed({ at: 0, length: PAGE, fd: -2 }))).toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    const c = r.mapFixed({ at: PAGE, length: 2 * PAGE });
+    expect(thrown(() => r.mapFixed({ at: 2 * PAGE, length: PAGE }))).toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    const e = thrown(() => r.unmap());
+    expect(e).toMatchObject({ code: 'ERR_KVM_MAPPING_IN_USE', address: r.address, memslots: [`the fixed mapping at 0x${c.address.toString(16)}`] });
+    expect(r.unmapped).toBe(false);
+    c.unmap();
+    r.unmap();
+    expect(thrown(() => r.mapFixed({ at: 0, length: PAGE }))).toBeInstanceOf(ClosedError);
+  });
+
+  test("the kernel's refusal (a read-only file mapped shared and writable: EACCES) leaves the range reserved and free", () => {
+    using r = Mapping.reserve(2 * PAGE);
+    const path = join(dir, 'read-only');
+    closeSync(openSync(path, 'w'));
+    const ro = openSync(path, constants.O_RDONLY);
+    try {
+      expect(thrown(() => r.mapFixed({ at: 0, length: PAGE, fd: ro }))).toMatchObject({ name: 'KvmError', code: 'EACCES' });
+    } finally {
+      closeSync(ro);
+    }
+    expect(r.probe(0, 1).result).toBe('SIGSEGV');
+    using c = r.mapFixed({ at: 0, length: PAGE });
+    expect(c.probe(0, 1).result).toBe('ok');
+  });
+});
+
 // NUMA policy calls and memfd_create: thin syscalls whose answers are the
 // kernel's. On one node the policies still read back as set (GM-12's
 // single-node part); a bad mode is EINVAL.

@@ -74,6 +74,10 @@ export interface NativeBinding {
   // mmap.cc
   /** checkFile: refuse ranges past the end of a regular file and unmappable guest_memfds (SIGBUS). */
   mmap(fd: number, length: U64Input, prot: number, flags: number, offset: U64Input, checkFile: boolean): NativeMapping;
+  /** PROT_NONE address space for mmapFixed(). */
+  reserve(length: U64Input): NativeMapping;
+  /** MAP_FIXED at reservation + at, over none of its live children; unmapping it re-reserves the range. */
+  mmapFixed(reservation: object, at: U64Input, length: U64Input, prot: number, flags: number, fd: number, offset: U64Input): NativeMapping;
   /** An ArrayBuffer over [offset, offset + length) of the mapping (length <= maxView). */
   mappingView(handle: object, offset: U64Input, length: U64Input): ArrayBuffer;
   /** Detaches the views given, then unmaps. */

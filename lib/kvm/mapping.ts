@@ -10,7 +10,7 @@
 // so every view up to half that length fits one window; a longer view gets
 // an ArrayBuffer of its own. A view longer than MAX_LENGTH is a RangeError.
 import { constants as bufferConstants } from 'node:buffer';
-import { ClosedError, MappingInUseError } from '../errors.js';
+import { ClosedError, hex, MappingInUseError } from '../errors.js';
 import { native } from '../binding/native.js';
 import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from '../binding/probe.js';
 import { Mmap } from '../binding/uapi.js';
@@ -52,6 +52,9 @@ export class Mapping implements Disposable {
   // owner has let go (unmap when the last one is released).
   readonly #users: string[] = [];
   #disowned = false;
+  // A reservation's live MAP_FIXED children, and a child's reservation.
+  readonly #children = new Set<Mapping>();
+  #parent: Mapping | null = null;
 
   static {
     retainMapping = (m, user) => {
@@ -114,6 +117,42 @@ export class Mapping implements Disposable {
       throw argError(`Mapping.unchecked: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
     const m = native.mmap(fd, len, prot, flags, offset, false);
     return new Mapping(m, len, false);
+  }
+
+  /**
+   * Address space reserved PROT_NONE (MAP_PRIVATE|MAP_ANONYMOUS|
+   * MAP_NORESERVE), for mapFixed() to place mappings at chosen addresses in
+   * it, as the kernel's selftests reserve twice a PMD and map a guest_memfd
+   * at the PMD-aligned address inside. No views; touching it is SIGSEGV
+   * (probe() says so).
+   */
+  static reserve(length: U64Input): Mapping {
+    const len = mappingLength(length, 'Mapping.reserve: length');
+    return new Mapping(native.reserve(len), len, false);
+  }
+
+  /**
+   * mmap(2) with MAP_FIXED at `this.address + at`, inside this reservation
+   * and over none of its live fixed mappings (`at` and `length` whole
+   * pages): `prot`, `flags` (MAP_SHARED by default; MAP_FIXED is added), `fd`
+   * and `offset` as in unchecked(), whose probe-only rules it shares. Its
+   * unmap() puts PROT_NONE back instead of leaving a hole, and the
+   * reservation cannot be unmapped while it lives. A refused mmap leaves the
+   * range reserved.
+   */
+  mapFixed(o: { at: U64Input; length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number }): Mapping {
+    const at = toU64(o.at, 'Mapping.mapFixed: at');
+    const len = mappingLength(o.length, 'Mapping.mapFixed: length');
+    const fd = o.fd ?? -1;
+    const offset = toU64(o.offset ?? 0, 'Mapping.mapFixed: offset');
+    const prot = toU32(o.prot ?? Mmap.PROT_READ | Mmap.PROT_WRITE, 'Mapping.mapFixed: prot');
+    const flags = toU32(o.flags ?? (fd === -1 ? Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS : Mmap.MAP_SHARED), 'Mapping.mapFixed: flags');
+    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < -1)
+      throw argError(`Mapping.mapFixed: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
+    const child = new Mapping(native.mmapFixed(this.#use('place a fixed mapping').handle, at, len, prot, flags, fd, offset), len, false);
+    child.#parent = this;
+    this.#children.add(child);
+    return child;
   }
 
   /** @internal A vCPU's kvm_run page (an anonymous inode: no file size to check). */
@@ -229,6 +268,13 @@ export class Mapping implements Disposable {
     const live = this.#live;
     if (live === null) return;
     if (this.#users.length > 0) throw new MappingInUseError(this.address, [...this.#users]);
+    if (this.#children.size > 0) {
+      throw new MappingInUseError(
+        this.address,
+        [...this.#children].map((c) => `the fixed mapping at ${hex(c.address)}`),
+        'unmap',
+      );
+    }
     const views = [...live.windows.values()];
     for (const r of live.exact) {
       const b = r.deref();
@@ -239,10 +285,16 @@ export class Mapping implements Disposable {
     try {
       native.munmap(live.handle, views);
     } catch (e) {
-      if (!(e instanceof TypeError)) this.#live = null;
+      if (!(e instanceof TypeError)) this.#gone();
       throw e;
     }
+    this.#gone();
+  }
+
+  #gone(): void {
     this.#live = null;
+    if (this.#parent !== null) this.#parent.#children.delete(this);
+    this.#parent = null;
   }
 
   [Symbol.dispose](): void {

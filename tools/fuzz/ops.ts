@@ -1159,6 +1159,12 @@ function mappingCreate(c: Ctx): Call | null {
       m.probe(m.length - 1, 1, 'write', 0x5a);
     });
   }
+  if (r.chance(0.08)) {
+    const rlen = r.pick<unknown>([PAGE, 16 * PAGE, 4 * MIB, 0, -1, 1.5, 2n ** 53n]);
+    return call('Mapping.reserve', `Mapping.reserve(${show(rlen)}) and probe its first byte`, () => {
+      c.add('map', Mapping.reserve(rlen as number)).probe(0, 1, 'read');
+    });
+  }
   if (r.chance(0.6)) {
     return call('Mapping.anonymousShared', `Mapping.anonymousShared(${show(len)}) and touch its first and last byte`, () => {
       const m = c.add('map', Mapping.anonymousShared(len as number));
@@ -1225,6 +1231,7 @@ function mappingOp(c: Ctx): Call | null {
     [2, 'advise'],
     [2, 'mbind'],
     [1, 'movePages'],
+    [3, 'mapFixed'],
   ]);
   const name = c.st.name(m);
   const [o, l] = r.weighted<() => [unknown, unknown]>([
@@ -1285,6 +1292,22 @@ function mappingOp(c: Ctx): Call | null {
       return call('mapping.advise', `${name}.advise(${show(o ?? 0)}, ${show(l ?? m.length)}, ${show(advice)})`, () =>
         m.advise((o ?? 0) as number, (l ?? m.length) as number, advice as number),
       );
+    }
+    case 'mapFixed': {
+      // Anywhere in or past the reservation (or any mapping, which refuses),
+      // over a live child or not, with any fd, prot and flags.
+      const at = r.pick<unknown>([0, PAGE, 2 * PAGE, 100, m.length, m.length - PAGE, -PAGE, 2 ** 53, 1n << 63n, 'x']);
+      const length = r.pick<unknown>([PAGE, 2 * PAGE, m.length, m.length + PAGE, 0, 1, -1]);
+      const fd = r.pick<unknown>([undefined, -1, r.pick(c.st.files).fd, 99999, -2, 1.5]);
+      const prot = r.pick<unknown>([undefined, 0, 1, 3, 7, -1]);
+      const flags = r.pick<unknown>([undefined, 0x01, 0x02, 0x21, 0x22, 0x10, 0x100000, 0x40022, -1]);
+      const offset = r.pick<unknown>([undefined, 0, PAGE, 100, -1, 1n << 63n]);
+      const o = { at, length, fd, prot, flags, offset } as unknown as Parameters<Mapping['mapFixed']>[0];
+      return call('mapping.mapFixed', `${name}.mapFixed(${show(o)}) and probe its first and last byte`, () => {
+        const f = c.add('map', m.mapFixed(o));
+        f.probe(0, 1, 'read');
+        f.probe(f.length - 1, 1, 'write', 0x5a);
+      });
     }
     default:
       return call('mapping.props', `${name}.{address, length, unmapped}`, () => [m.address, m.length, m.unmapped]);
