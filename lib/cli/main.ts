@@ -6,6 +6,7 @@ import { type CliIo, processIo } from './output.js';
 export const USAGE = `usage: kvm-gmem <command> [options]
 commands:
   probe [--json] [--device PATH]   what this host's KVM offers (system and per-VM-type capabilities)
+  selftest [NAME...] [--list]      the guest_memfd conformance suite (the kernel's selftests, ported), KTAP
 run 'kvm-gmem <command> --help' for a command's options.`;
 
 /** Runs the command line `argv` (without node and the script); returns the exit status. */
@@ -22,6 +23,11 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
         return 2;
       }
       return probe.runProbe(args, io);
+    }
+    case 'selftest': {
+      // Loaded on demand like probe: the tests load the addon.
+      const { runSelftest } = await import('./selftest.js');
+      return runSelftest(args, io);
     }
     case '--help':
     case '-h':

@@ -48,6 +48,21 @@ export interface TestOptions {
   timeoutMs?: number;
 }
 
+/**
+ * How a harness prints and ends. 'file' (a selftest run as a program):
+ * straight to fd 1, tests start by themselves once the file has loaded, the
+ * process exits with the kselftest status. 'collected' (the suite runner
+ * imports several files into one process): output goes to `write`, nothing
+ * starts by itself, a top-level skip throws SelftestSkip out of the import,
+ * and runTests() returns the counts instead of exiting.
+ */
+export interface HarnessMode {
+  collected: boolean;
+  write: (text: string) => void;
+  /** Print each test's wall time as a diagnostic before its result line. */
+  times: boolean;
+}
+
 export interface HarnessOptions {
   /** Default per-test limit in ms (120,000; 0: none). */
   testTimeoutMs?: number;
@@ -61,7 +76,7 @@ interface Entry {
   timeoutMs: number | undefined;
 }
 
-interface Counts {
+export interface Counts {
   pass: number;
   fail: number;
   skip: number;
@@ -133,13 +148,21 @@ setInterval(() => {
 }, 50);
 `;
 
+/** kselftest's status for a file's counts: 1 if a test failed, 4 if every test skipped, else 0. */
+export function ksftStatus(c: Counts): number {
+  return c.fail > 0 ? KSFT_FAIL : c.pass === 0 && c.skip > 0 ? KSFT_SKIP : KSFT_PASS;
+}
+
 export class Harness {
   readonly #tests: Entry[] = [];
   #state: 'idle' | 'scheduled' | 'running' | 'done' = 'idle';
   #current: Entry | undefined;
   #options: Required<HarnessOptions>;
+  readonly #mode: HarnessMode;
+  readonly #early: string[] = [];
 
-  constructor(options: HarnessOptions = {}) {
+  constructor(options: HarnessOptions = {}, mode: HarnessMode = { collected: false, write: out, times: process.env.KVM_GMEM_SELFTEST_TIMES === '1' }) {
+    this.#mode = mode;
     const env = process.env.KVM_GMEM_SELFTEST_TIMEOUT_S;
     this.#options = {
       testTimeoutMs: DEFAULT_TEST_TIMEOUT_MS,
@@ -170,7 +193,7 @@ export class Harness {
       );
     }
     this.#tests.push({ name: directiveSafe(name), fn, timeoutMs });
-    if (this.#state === 'idle') {
+    if (this.#state === 'idle' && !this.#mode.collected) {
       this.#state = 'scheduled';
       // After the registering module has finished loading.
       setImmediate(() => {
@@ -183,6 +206,7 @@ export class Harness {
   skip(reason: string): never {
     if (this.#current !== undefined) throw new SelftestSkip(reason);
     if (this.#state === 'running' || this.#state === 'done') throw new SelftestUsageError('skip() outside a test once the run has started');
+    if (this.#mode.collected) throw new SelftestSkip(reason);
     out(`TAP version 13\n1..0 # SKIP ${directiveSafe(reason)}\n`);
     process.exit(KSFT_SKIP);
   }
@@ -197,7 +221,12 @@ export class Harness {
 
   /** A diagnostic line (or lines), `# ...`. */
   diag(...parts: unknown[]): void {
-    out(`${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`);
+    // Before the run (a file's top level): after the version line and the plan, where KTAP puts them.
+    if (this.#state === 'idle' || this.#state === 'scheduled') {
+      this.#early.push(`${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`);
+      return;
+    }
+    this.#mode.write(`${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`);
   }
 
   /**
@@ -205,8 +234,16 @@ export class Harness {
    * kselftest status (called by itself after the file has loaded).
    */
   async run(): Promise<never> {
+    if (this.#mode.collected) throw new SelftestUsageError('run() in a collected file: the suite runner runs its tests');
+    const counts = await this.runTests();
+    process.exit(ksftStatus(counts));
+  }
+
+  /** Runs the registered tests and prints their lines and the totals; returns the counts (the suite's form of run()). */
+  async runTests(): Promise<Counts> {
     if (this.#state === 'running' || this.#state === 'done') throw new SelftestUsageError('run() called twice');
     this.#state = 'running';
+    const write = this.#mode.write;
     const { testTimeoutMs, fileTimeoutMs } = this.#options;
     const watchdog = new Worker(WATCHDOG, {
       eval: true,
@@ -216,31 +253,32 @@ export class Harness {
     });
     watchdog.unref();
     const counts: Counts = { pass: 0, fail: 0, skip: 0 };
-    out(`TAP version 13\n1..${this.#tests.length}\n`);
+    write(`TAP version 13\n1..${this.#tests.length}\n${this.#early.join('')}`);
     for (const [i, t] of this.#tests.entries()) {
       const n = i + 1;
       const limit = t.timeoutMs ?? testTimeoutMs;
       watchdog.postMessage({ n, name: t.name, timeoutMs: limit, deadline: limit > 0 ? Date.now() + limit + WATCHDOG_GRACE_MS : 0, counts: { ...counts } });
       this.#current = t;
+      const started = performance.now();
       const result = await this.#runOne(t, limit);
       this.#current = undefined;
+      if (this.#mode.times) write(`# time: ${((performance.now() - started) / 1000).toFixed(3)} s\n`);
       if (result.kind === 'pass') {
         counts.pass++;
-        out(`ok ${n} ${t.name}\n`);
+        write(`ok ${n} ${t.name}\n`);
       } else if (result.kind === 'skip') {
         counts.skip++;
-        out(`ok ${n} ${t.name} # SKIP ${directiveSafe(result.reason)}\n`);
+        write(`ok ${n} ${t.name} # SKIP ${directiveSafe(result.reason)}\n`);
       } else {
         counts.fail++;
-        out(`${diagLines(result.diagnostic)}\nnot ok ${n} ${t.name}${result.timeout ? ` # TIMEOUT ${limit} ms` : ''}\n`);
+        write(`${diagLines(result.diagnostic)}\nnot ok ${n} ${t.name}${result.timeout ? ` # TIMEOUT ${limit} ms` : ''}\n`);
       }
     }
     watchdog.postMessage(null);
     this.#state = 'done';
-    out(`${totalsLine(counts)}\n`);
-    const status = counts.fail > 0 ? KSFT_FAIL : counts.pass === 0 && counts.skip > 0 ? KSFT_SKIP : KSFT_PASS;
+    write(`${totalsLine(counts)}\n`);
     await watchdog.terminate();
-    process.exit(status);
+    return counts;
   }
 
   async #runOne(
@@ -273,6 +311,7 @@ export class Harness {
   }
 
   #bail(why: string): never {
+    if (this.#mode.collected) throw new SelftestUsageError(why);
     out(`Bail out! ${directiveSafe(why)}\n`);
     process.exit(KSFT_FAIL);
   }

@@ -7,23 +7,22 @@
 //   test('size 1 is EINVAL', () => { ... });
 //
 // Every export is named here and listed by test/exports.test.ts.
-import { Harness, type HarnessOptions, type TestOptions } from './harness.js';
+import { current } from './collect.js';
+import { type HarnessOptions, type TestOptions } from './harness.js';
 import { type Need } from './requirements.js';
 
 export { Harness, KSFT_FAIL, KSFT_PASS, KSFT_SKIP, SelftestSkip, SelftestUsageError, type HarnessOptions, type TestOptions } from './harness.js';
 export { assert, assertEq, assertErrno, assertNe, assertThrows, SelftestAssertionError } from './assert.js';
 export type { Need } from './requirements.js';
 
-const harness = new Harness();
-
 /** Registers a test; the tests run in order once the file has loaded. */
 export function test(name: string, fn: () => unknown, options?: TestOptions): void {
-  harness.test(name, fn, options);
+  current().test(name, fn, options);
 }
 
 /** Ends the current test as skipped; outside a test, skips the whole file (`1..0 # SKIP reason`, exit 4). */
 export function skip(reason: string): never {
-  return harness.skip(reason);
+  return current().skip(reason);
 }
 
 /**
@@ -33,20 +32,20 @@ export function skip(reason: string): never {
  * whole file when called at the top level.
  */
 export function requires(...needs: Need[]): void {
-  harness.requires(...needs);
+  current().requires(...needs);
 }
 
 /** Prints `# ...` diagnostic lines (pr_info). */
 export function diag(...parts: unknown[]): void {
-  harness.diag(...parts);
+  current().diag(...parts);
 }
 
 /** Default per-test timeout and the file's timeout, in ms (before the run starts). */
 export function configure(options: HarnessOptions): void {
-  harness.configure(options);
+  current().configure(options);
 }
 
 /** Runs the tests now (for a file that awaits at its top level); otherwise they run by themselves. */
 export function run(): Promise<never> {
-  return harness.run();
+  return current().run();
 }
