@@ -77,6 +77,7 @@ export {
   type GuestMemoryOptions,
   type RunUntilDoneOptions,
   type RunResult,
+  type SyncUcall,
 } from './guest/guest.js';
 export { PhysPages, PhysPagesExhaustedError, type PhysAllocOptions } from './guest/phys-pages.js';
 export { GuestMapError, type MapOptions, type PageSize } from './guest/page-tables.js';

@@ -15,9 +15,11 @@ import {
   type GuestIo,
   GuestMapError,
   type GuestOptions,
+  emitUcall,
   Layout,
   mem,
   PhysPagesExhaustedError,
+  Ucall,
   type Vm,
 } from '../lib/index.js';
 import { newVm, rejection, u64 } from './helpers.js';
@@ -294,6 +296,25 @@ describe('several vCPUs of one guest (runAll)', () => {
     expect(rs.map((r) => r.printed)).toEqual([['vcpu 0'], ['vcpu 8'], ['vcpu 16']]);
     expect(rs.every((r) => r.syncs.length === 1)).toBe(true);
     for (let i = 0; i < n; i++) expect(g.view(slots + i * 8, 1)[0]).toBe(i * 8 + 1);
+  });
+
+  test('onSync under runAll: the third argument names the vCPU that synced and carries the five ucall argument registers', async () => {
+    using h = newVm();
+    using g = long(h.vm, (a, io) => {
+      // A GUEST_SYNC5: n = 7, then rdi (the vCPU's argument), two immediates and a 64-bit one.
+      a.mov('rbx', 'rdi');
+      emitUcall(a, Ucall.SYNC, 7, 'rbx', 0x22, 0x33, 0x1_0000_0044n);
+      io.done();
+    });
+    g.setArgs([0x100]);
+    const second = g.addVcpu({ args: [0x200] });
+    const seen: { id: number; n: number; args: bigint[] }[] = [];
+    await g.runAll({ onSync: (n, _guest, ucall) => void seen.push({ id: ucall.vcpu.id, n, args: ucall.args }) });
+    seen.sort((x, y) => x.id - y.id);
+    expect(seen).toEqual([
+      { id: 0, n: 7, args: [7n, 0x100n, 0x22n, 0x33n, 0x1_0000_0044n] },
+      { id: second.id, n: 7, args: [7n, 0x200n, 0x22n, 0x33n, 0x1_0000_0044n] },
+    ]);
   });
 
   test('one vCPU failing kicks the others (spinning forever) out: runAll rejects with that failure', async () => {

@@ -69,8 +69,14 @@ export interface RunUntilDoneOptions {
    * that absent means the default, 10 s.
    */
   timeoutMs?: number;
-  /** Runs at each guest sync(n), before the guest continues. */
-  onSync?: (n: number, guest: Guest) => void | Promise<void>;
+  /**
+   * Runs at each guest sync(n), before the guest continues. `ucall` says
+   * which vCPU synced (under runAll() any of them) and holds the ucall's
+   * argument registers (UCALL_ARG_REGS: RSI, RCX, RDI, R8, R9; args[0] is
+   * n as a bigint), for a sync sent by emitUcall(a, Ucall.SYNC, ...) with
+   * more than one argument, as GUEST_SYNC_ARGS() sends them.
+   */
+  onSync?: (n: number, guest: Guest, ucall: SyncUcall) => void | Promise<void>;
   /**
    * Implicit conversion: on a MEMORY_FAULT exit, convert the faulting range
    * to what the guest accessed and re-enter. (On a 'sw-protected' VM a
@@ -89,6 +95,13 @@ export interface RunUntilDoneOptions {
   onExit?: (exit: VcpuExit, guest: Guest) => boolean | Promise<boolean>;
   /** Receives each line of the guest's printf (they are also in RunResult.printed). */
   onPrintf?: (line: string, guest: Guest) => void;
+}
+
+/** What onSync learns of a sync besides n: the vCPU that sent it and its argument registers. */
+export interface SyncUcall {
+  vcpu: Vcpu;
+  /** RSI, RCX, RDI, R8, R9 at the ucall (UCALL_ARG_REGS order). */
+  args: bigint[];
 }
 
 export interface RunResult {
@@ -460,7 +473,7 @@ export class Guest implements Disposable {
       case Ucall.SYNC: {
         const n = Number(regs.rsi);
         result.syncs.push(n);
-        await options.onSync?.(n, this);
+        await options.onSync?.(n, this, { vcpu, args: [regs.rsi, regs.rcx, regs.rdi, regs.r8, regs.r9] });
         return false;
       }
       case Ucall.PRINT:
