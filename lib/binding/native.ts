@@ -64,6 +64,7 @@ export interface NativeBinding {
   setMemoryAttributes(vmFd: number, address: U64Input, size: U64Input, attributes: U64Input, flags: U64Input): void;
   createGuestMemfd(vmFd: number, size: U64Input, flags: U64Input): number;
   enableCap(fd: number, cap: number, flags: number, args: U64Input[]): void;
+  setNrMmuPages(fd: number, pages: U64Input): void;
   // guest_memfd.cc
   fallocate(fd: number, mode: number, offset: U64Input, length: U64Input): void;
   fstat(fd: number): FstatResult;

@@ -83,6 +83,12 @@ export function enableCap(f: FdLike, cap: number, args: U64Input[] = [], flags =
   call({ cap, flags, args: args.join(',') }, () => native.enableCap(fd, cap, flags, args));
 }
 
+/** KVM_SET_NR_MMU_PAGES on a VM fd: the shadow MMU's page budget (set_memory_region_test's vm_set_nr_mmu_pages). */
+export function setNrMmuPages(vm: FdLike, pages: U64Input): void {
+  const fd = fdOf(vm);
+  call({ pages }, () => native.setNrMmuPages(fd, pages));
+}
+
 export function fallocate(f: FdLike, mode: number, offset: U64Input, length: U64Input): void {
   const fd = fdOf(f);
   call({ fd, mode, offset, length }, () => native.fallocate(fd, mode, offset, length));

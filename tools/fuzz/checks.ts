@@ -47,6 +47,11 @@ const CODED: [string, abstract new (...a: never[]) => Error, string][] = [
   ['GuestAssertError', lib.GuestAssertError, 'ERR_KVM_GUEST_ASSERT'],
   ['GuestTimeoutError', lib.GuestTimeoutError, 'ERR_KVM_GUEST_TIMEOUT'],
   ['UnexpectedExitError', lib.UnexpectedExitError, 'ERR_KVM_UNEXPECTED_EXIT'],
+  // A random guest program can fault (#DE, #UD, #PF...): the IDT's stubs report it.
+  ['GuestExceptionError', lib.GuestExceptionError, 'ERR_KVM_GUEST_EXCEPTION'],
+  ['PhysPagesExhaustedError', lib.PhysPagesExhaustedError, 'ERR_KVM_GUEST_PHYS_EXHAUSTED'],
+  // A reservation's unmap while a fixed mapping lives in it, or a mapping a memslot uses.
+  ['MappingInUseError', lib.MappingInUseError, 'ERR_KVM_MAPPING_IN_USE'],
   ['KvmApiVersionError', lib.KvmApiVersionError, 'ERR_KVM_API_VERSION'],
   ['AsmError', lib.AsmError, 'ERR_KVM_ASM'],
 ];
@@ -90,6 +95,9 @@ export function classify(e: unknown): Verdict {
   if (e instanceof lib.KvmRuleError) {
     if (code !== 'ERR_KVM_RULE' || typeof e.rule !== 'string') return bad(`KvmRuleError code ${String(code)} rule ${String(e.rule)}`);
     return ok(e.name, `ERR_KVM_RULE:${e.rule}`);
+  }
+  if (e instanceof lib.GuestMapError) {
+    return code === 'ERR_KVM_GUEST_GVA_MAPPED' || code === 'ERR_KVM_GUEST_PAGE_TABLE' ? ok('GuestMapError', code) : bad(`GuestMapError with code ${String(code)}`);
   }
   for (const [name, cls, want] of CODED) {
     if (e instanceof cls) return code === want ? ok(name, want) : bad(`${name} with code ${String(code)}`);

@@ -2093,6 +2093,7 @@ function rawOp(c: Ctx): Call | null {
     [3, 'createGuestMemfd'],
     [3, 'checkExtension'],
     [2, 'enableCap'],
+    [1, 'setNrMmuPages'],
     [3, 'fallocate'],
     [2, 'fstat'],
     [2, 'isCloexec'],
@@ -2167,6 +2168,12 @@ function rawOp(c: Ctx): Call | null {
       const cap = r.pick<unknown>([lib.Cap.EXIT_HYPERCALL, 999999, -1, 'x']);
       const args = r.pick<unknown>([[], [1n << 12n], [1, 2, 3, 4, 5], [-1], null]);
       return call('raw.enableCap', `raw.enableCap(${st.name(v)}, ${show(cap)}, ${show(args)})`, () => raw.enableCap(v, cap as number, args as number[]));
+    }
+    case 'setNrMmuPages': {
+      const v = anyOf(c, st.rawVms);
+      if (v === null) return null;
+      const pages = r.pick<unknown>([0, 1, 64, 2 ** 32, 2 ** 53, 1n << 63n, -1, 1.5, 'x']);
+      return call('raw.setNrMmuPages', `raw.setNrMmuPages(${st.name(v)}, ${show(pages)})`, () => raw.setNrMmuPages(v, pages as number));
     }
     case 'fallocate': {
       const pickRaw = st.rawGmems.length > 0 && r.chance(0.5);
