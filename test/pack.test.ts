@@ -115,6 +115,7 @@ gate(needs.env('network')).describe('the packed package', () => {
       'dist/lib/index.d.ts',
       'dist/lib/binding/native.js',
       'dist/lib/cli/main.js',
+      'dist/selftests/guest_memfd_test.js',
       'docs/api.md',
     ]) {
       expect(files, f).toContain(f);
@@ -123,7 +124,9 @@ gate(needs.env('network')).describe('the packed package', () => {
     expect(files.filter((f) => /^(dist\/(tools|examples)|test|tools|lib|examples|build|node_modules)\//.test(f))).toEqual([]);
     // Nothing outside the list in package.json's "files" (npm adds package.json and README/LICENSE itself).
     expect(
-      files.filter((f) => !/^(bin|dist\/lib|native|docs)\/|^(package\.json|binding\.gyp|CMakeLists\.txt|README\.md|LICENSE|CHANGELOG\.md)$/.test(f)),
+      files.filter(
+        (f) => !/^(bin|dist\/lib|dist\/selftests|native|docs)\/|^(package\.json|binding\.gyp|CMakeLists\.txt|README\.md|LICENSE|CHANGELOG\.md)$/.test(f),
+      ),
     ).toEqual([]);
     console.log(`npm pack: ${files.length} files, ${packed.size} bytes packed, ${packed.unpackedSize} unpacked`);
   });
@@ -132,6 +135,16 @@ gate(needs.env('network')).describe('the packed package', () => {
     expect(existsSync(path.join(installed(), 'build', 'Release', 'kvm_gmem.node'))).toBe(true);
     expect(existsSync(path.join(installed(), 'dist', 'lib', 'index.d.ts'))).toBe(true);
   });
+
+  test("the installed package's suite: `kvm-gmem selftest` lists the ports, and a port finds 'kvm-gmem' from its installed copy", async () => {
+    const cli = path.join(installed(), 'bin', 'kvm-gmem.js');
+    const list = ok(await run(process.execPath, [cli, 'selftest', '--list'], consumer, 60_000), 'kvm-gmem selftest --list');
+    expect(list.stdout.split('\n')).toEqual(expect.arrayContaining(['guest_memfd_test', 'vm_types_test']));
+    // Exit 0 with /dev/kvm (every type checked), 4 without it (the requirement names it): never a load error.
+    const r = await run(process.execPath, [cli, 'selftest', 'vm_types_test'], consumer, 120_000);
+    expect([0, 4], r.stdout + r.stderr).toContain(r.status);
+    expect(r.stdout).toMatch(/^ok 1 vm_types_test( # SKIP)?$/m);
+  }, 180_000);
 
   hasKvm.test("an ESM script imports 'kvm-gmem' and drives /dev/kvm", async () => {
     // Plain JavaScript for Node 20, which has no `using`: try/finally closes.

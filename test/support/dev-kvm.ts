@@ -24,6 +24,7 @@ export const NEEDS_DEV_KVM: readonly string[] = [
   'test/reliability.test.ts',
   'test/robustness.test.ts',
   'test/rules-differential.test.ts',
+  'test/selftests.test.ts',
   'test/vcpu.test.ts',
 ];
 
