@@ -44,6 +44,7 @@ import {
   KERNEL_RECIPES,
   kernelRecipe,
   recipePackages,
+  qemuArgs,
 } from '../tools/testvm/index.js';
 import { linePrefixer, scheduleOrder } from '../tools/testvm/matrix.js';
 
@@ -338,6 +339,21 @@ describe('matrix runs side by side', () => {
 });
 
 // ---------------------------------------------------------------------------
+
+describe('QEMU arguments', () => {
+  test('--numa N: N RAM backends adding up to -m, every CPU on node 0; one node: no -numa at all', () => {
+    const base = { kernel: '/k', init: '/i', workDir: '/w', memoryMiB: 2049, cpus: 2 };
+    expect(qemuArgs(base).some((a) => a.includes('numa'))).toBe(false);
+    const a = qemuArgs({ ...base, numaNodes: 2 });
+    const pairs = a.flatMap((v, i) => (v === '-object' || v === '-numa' ? [`${v} ${a[i + 1]}`] : []));
+    expect(pairs).toEqual([
+      '-object memory-backend-ram,id=numa0,size=1024M',
+      '-numa node,nodeid=0,memdev=numa0,cpus=0-1',
+      '-object memory-backend-ram,id=numa1,size=1025M',
+      '-numa node,nodeid=1,memdev=numa1',
+    ]);
+  });
+});
 
 describe('command and environment quoting into the share file', () => {
   const nasty = [

@@ -10,12 +10,13 @@ import { defaultCacheDir } from './paths.js';
 import { runInTestVm, findBusybox, findQemu, TestVmToolMissingError } from './vm.js';
 
 const USAGE = `usage:
-  cli.js run [--kernel K] [--timeout S] [--mem MiB] [--cpus N] [--cwd DIR]
+  cli.js run [--kernel K] [--timeout S] [--mem MiB] [--cpus N] [--numa N] [--cwd DIR]
              [--env NAME=VALUE]... [--overlay DIR]... [--keep-work-dir] [--quiet] -- CMD ARGS...
       Boots the test kernel under QEMU TCG and runs CMD in it (cwd default: the
       current directory). Exits with CMD's exit code; 2 on a tool error.
       The host's root filesystem is the guest's, read-only: write to /tmp or $TESTVM_WORK,
       or make DIR writable with --overlay DIR (copy-on-write; changes are discarded).
+      --numa N splits the memory over N NUMA nodes (for mbind/move_pages checks).
   cli.js kernel [--kernel K]
       Lists every kernel image found (release, flavour, source, checksum; * marks the default)
       and says which one run would boot (with --kernel K: which one K picks) and why.
@@ -54,6 +55,7 @@ async function cmdRun(argv: string[]): Promise<void> {
   let timeoutMs: number | undefined;
   let memoryMiB: number | undefined;
   let cpus: number | undefined;
+  let numaNodes: number | undefined;
   let cwd: string | undefined;
   let keepWorkDir = false;
   const overlay: string[] = [];
@@ -81,6 +83,9 @@ async function cmdRun(argv: string[]): Promise<void> {
         break;
       case '--cpus':
         cpus = positiveInt('--cpus', next());
+        break;
+      case '--numa':
+        numaNodes = positiveInt('--numa', next());
         break;
       case '--cwd':
         cwd = next();
@@ -130,6 +135,7 @@ async function cmdRun(argv: string[]): Promise<void> {
       ...(timeoutMs !== undefined && { timeoutMs }),
       ...(memoryMiB !== undefined && { memoryMiB }),
       ...(cpus !== undefined && { cpus }),
+      ...(numaNodes !== undefined && { numaNodes }),
       ...(cwd !== undefined && { cwd }),
     });
     if (!quiet) {

@@ -48,6 +48,12 @@ export interface TestVmOptions {
   kernel?: string;
   memoryMiB?: number;
   cpus?: number;
+  /**
+   * NUMA nodes (default 1): the memory split evenly over that many nodes, the
+   * CPUs on node 0, so that mbind()/move_pages() checks that need a second
+   * node (the selftests' GM-12, GM-15) have one.
+   */
+  numaNodes?: number;
   /** Receives the command's console output as it arrives (boot noise and markers removed). */
   onOutput?: (chunk: string) => void;
   /** Aborting kills QEMU and rejects with the signal's reason. */
@@ -354,7 +360,7 @@ function track(child: ChildProcess): void {
 }
 
 /** The QEMU argv (without the binary). */
-export function qemuArgs(o: { kernel: string; init: string; workDir: string; memoryMiB: number; cpus: number }): string[] {
+export function qemuArgs(o: { kernel: string; init: string; workDir: string; memoryMiB: number; cpus: number; numaNodes?: number }): string[] {
   const append = [
     'console=ttyS0',
     'quiet',
@@ -377,6 +383,7 @@ export function qemuArgs(o: { kernel: string; init: string; workDir: string; mem
     String(o.memoryMiB),
     '-smp',
     String(o.cpus),
+    ...numaArgs(o.numaNodes ?? 1, o.memoryMiB, o.cpus),
     '-nographic',
     '-no-reboot',
     // No network card: the guest needs none, and its iPXE option ROM only slows the firmware down.
@@ -397,6 +404,20 @@ export function qemuArgs(o: { kernel: string; init: string; workDir: string; mem
   ];
 }
 
+/** -numa options: N RAM backends of memoryMiB / N, every CPU on node 0 (none for one node). */
+function numaArgs(nodes: number, memoryMiB: number, cpus: number): string[] {
+  if (nodes <= 1) return [];
+  const each = Math.floor(memoryMiB / nodes);
+  const args: string[] = [];
+  for (let n = 0; n < nodes; n++) {
+    // The last node takes the remainder, so that the sizes add up to -m.
+    const size = n === nodes - 1 ? memoryMiB - each * (nodes - 1) : each;
+    args.push('-object', `memory-backend-ram,id=numa${n},size=${size}M`);
+    args.push('-numa', `node,nodeid=${n},memdev=numa${n}${n === 0 ? `,cpus=0-${cpus - 1}` : ''}`);
+  }
+  return args;
+}
+
 // ---------------------------------------------------------------------------
 
 /**
@@ -412,6 +433,9 @@ export async function runInTestVm(options: TestVmOptions): Promise<TestVmResult>
   if (!(timeoutMs > 0)) throw new Error(`testvm: timeoutMs must be positive, got ${timeoutMs}`);
   if (!Number.isInteger(memoryMiB) || memoryMiB < 256) throw new Error(`testvm: memoryMiB must be an integer >= 256, got ${memoryMiB}`);
   if (!Number.isInteger(cpus) || cpus < 1) throw new Error(`testvm: cpus must be a positive integer, got ${cpus}`);
+  const numaNodes = options.numaNodes ?? 1;
+  if (!Number.isInteger(numaNodes) || numaNodes < 1 || numaNodes > 8 || memoryMiB / numaNodes < 128)
+    throw new Error(`testvm: numaNodes must be an integer 1..8 with at least 128 MiB each, got ${numaNodes}`);
   options.signal?.throwIfAborted();
 
   const qemu = options.qemu ?? findQemu();
@@ -436,7 +460,7 @@ export async function runInTestVm(options: TestVmOptions): Promise<TestVmResult>
     await writeFile(path.join(workDir, F_WATCHDOG), `${Math.ceil(timeoutMs / 1000) + 30}\n`);
     if (overlays.length > 0) await writeFile(path.join(workDir, F_OVERLAYS), overlays.map((d) => `${d}\n`).join(''));
 
-    const args = qemuArgs({ kernel, init, workDir, memoryMiB, cpus });
+    const args = qemuArgs({ kernel, init, workDir, memoryMiB, cpus, numaNodes });
     const run = await runQemu(qemu, args, marker, timeoutMs, options);
 
     let statusText: string | undefined;
