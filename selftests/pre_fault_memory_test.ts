@@ -132,57 +132,86 @@ function preFault6_12(c: Case, offset: number, size: number, expectLeft: number,
   expectEnd(offset, size, left, last, expectLeft, expectErr);
 }
 
-// PF-5's worker (delete_slot_worker): deletes slot 10 when the pre-fault
-// is about to start, and re-creates it (same gpa, size, flags, backing)
-// when told, through the raw layer on the VM's fd: fds are the process's,
-// so a worker thread can use them while the main thread is in the ioctl.
+// PF-5's worker (delete_slot_worker): deletes slot 10 as the pre-fault
+// starts and re-creates it (same gpa, size, flags, backing) when told,
+// through the raw layer on the VM's fd: fds are the process's, so a worker
+// thread can use them while the main thread is in the ioctl. One thread
+// serves every round of the file (starting a thread and loading the
+// package in it costs more than the rest of a round). state: [0] the
+// command (0 idle, 1 delete, 2 re-create), [1] the round's progress (1
+// deleted, 2 re-created, -1 failed), [2] ready. The round's region comes by
+// message before the command.
 const RACER = `
-const { workerData } = require('node:worker_threads');
+const { workerData, parentPort, receiveMessageOnPort } = require('node:worker_threads');
 import(workerData.kvmGmem).then(({ raw }) => {
   const state = new Int32Array(workerData.sab);
-  const r = workerData.region;
-  const region = (size) => ({ slot: r.slot, flags: r.flags, guestPhysAddr: BigInt(r.gpa), memorySize: size, userspaceAddr: BigInt(r.userspaceAddr), guestMemfd: r.guestMemfd, guestMemfdOffset: 0 });
-  Atomics.store(state, 1, 1);       // worker_ready
-  Atomics.wait(state, 0, 0);        // until prefault_ready
-  raw.setUserMemoryRegion2(r.vmFd, region(0));
-  Atomics.store(state, 1, 2);
-  Atomics.wait(state, 0, 1);        // until recreate_slot
-  raw.setUserMemoryRegion2(r.vmFd, region(r.size));
-  Atomics.store(state, 1, 3);
+  const region = (r, size) => ({ slot: r.slot, flags: r.flags, guestPhysAddr: BigInt(r.gpa), memorySize: size, userspaceAddr: BigInt(r.userspaceAddr), guestMemfd: r.guestMemfd, guestMemfdOffset: 0 });
+  const step = (r, size, done) => {
+    try { raw.setUserMemoryRegion2(r.vmFd, region(r, size)); Atomics.store(state, 1, done); }
+    catch { Atomics.store(state, 1, -1); }
+    Atomics.notify(state, 1);
+  };
+  Atomics.store(state, 2, 1);
+  for (;;) {
+    Atomics.wait(state, 0, 0);          // until prefault_ready
+    const r = receiveMessageOnPort(parentPort).message;
+    step(r, 0, 1);
+    Atomics.wait(state, 0, 1);          // until recreate_slot
+    step(r, r.size, 2);
+    Atomics.wait(state, 0, 2);          // until the main thread has seen it
+  }
 });
 `;
 
-/** The racing worker for one pre_fault_memory() call; `go()` lets it delete, `recreate()` re-creates and joins. */
-function slotWorker(c: Case): { ready: Promise<unknown>; go: () => void; recreate: () => Promise<number> } {
-  const sab = new SharedArrayBuffer(8);
-  const state = new Int32Array(sab);
-  const region = {
-    vmFd: c.vm.fd,
-    slot: SLOT,
-    gpa: String(GPA),
-    size: TEST_SIZE,
-    flags: c.region.flags,
-    userspaceAddr: String(c.region.userspaceAddr),
-    guestMemfd: c.region.guestMemfd,
-  };
-  const worker = new Worker(RACER, { eval: true, workerData: { sab, region, kvmGmem: import.meta.resolve('kvm-gmem') } });
-  const exited = new Promise<number>((resolve, reject) => worker.once('exit', resolve).once('error', reject));
-  const ready = (async () => {
-    while (Atomics.load(state, 1) === 0) await new Promise((r) => setTimeout(r, 1));
+interface SlotWorker {
+  /** Starts a round: the worker deletes the case's slot at once. */
+  go(c: Case): void;
+  /** Re-creates the slot and waits for it: the round's progress (2 when both steps succeeded). */
+  recreate(): number;
+}
+
+let racer: Promise<SlotWorker> | undefined;
+
+/** The file's one racing worker, started on first use. */
+function slotWorker(): Promise<SlotWorker> {
+  racer ??= (async () => {
+    const state = new Int32Array(new SharedArrayBuffer(12));
+    const worker = new Worker(RACER, { eval: true, workerData: { sab: state.buffer, kvmGmem: import.meta.resolve('kvm-gmem') } });
+    worker.unref(); // blocked in Atomics.wait between rounds; it must not hold the process open
+    worker.once('error', () => Atomics.store(state, 1, -1));
+    while (Atomics.load(state, 2) === 0) await new Promise((r) => setTimeout(r, 1));
+    const command = (v: number): void => {
+      Atomics.store(state, 0, v);
+      Atomics.notify(state, 0);
+    };
+    return {
+      go: (c: Case) => {
+        Atomics.store(state, 1, 0);
+        worker.postMessage({
+          vmFd: c.vm.fd,
+          slot: SLOT,
+          gpa: String(GPA),
+          size: TEST_SIZE,
+          flags: c.region.flags,
+          userspaceAddr: String(c.region.userspaceAddr),
+          guestMemfd: c.region.guestMemfd,
+        });
+        command(1);
+      },
+      recreate: () => {
+        command(2);
+        // The main thread may block here: the worker needs nothing from it.
+        const deadline = Date.now() + 30_000;
+        for (let v = Atomics.load(state, 1); (v === 0 || v === 1) && Date.now() < deadline; v = Atomics.load(state, 1)) {
+          Atomics.wait(state, 1, v, Math.max(1, deadline - Date.now()));
+        }
+        const progress = Atomics.load(state, 1);
+        command(0);
+        return progress;
+      },
+    };
   })();
-  const signal = (v: number): void => {
-    Atomics.store(state, 0, v);
-    Atomics.notify(state, 0);
-  };
-  return {
-    ready,
-    go: () => signal(1),
-    recreate: async () => {
-      signal(2);
-      assertEq(await exited, 0, 'the memslot worker exited');
-      return Atomics.load(state, 1);
-    },
-  };
+  return racer;
 }
 
 /** PF-2, PF-4 and PF-5 (7.3 form): the pre-fault races a delete of the memslot; after the first call it is re-created and the call retried. */
@@ -190,9 +219,8 @@ async function preFault7_3(c: Case, offset: number, size: number, expectLeft: nu
   let gpa = GPA + BigInt(offset);
   let left = BigInt(size);
   let last: KvmError | null = null;
-  const w = slotWorker(c);
-  await w.ready;
-  w.go();
+  const w = await slotWorker();
+  w.go(c);
   let recreated = false;
   for (;;) {
     const r = preFaultOnce(c.vcpu, gpa, left);
@@ -202,7 +230,7 @@ async function preFault7_3(c: Case, offset: number, size: number, expectLeft: nu
     last = r.error;
     if (r.error?.code === 'EINTR') continue; // an unrelated signal: retry at once
     if (!recreated) {
-      assertEq(await w.recreate(), 3, 'PF-5 the worker deleted and re-created slot 10');
+      assertEq(w.recreate(), 2, 'PF-5 the worker deleted and re-created slot 10');
       recreated = true;
       if (left > 0n) continue; // a stable result: no EAGAIN from the memslot being deleted
     }
