@@ -97,7 +97,9 @@ export function classify(e: unknown): Verdict {
     return ok(e.name, `ERR_KVM_RULE:${e.rule}`);
   }
   if (e instanceof lib.GuestMapError) {
-    return code === 'ERR_KVM_GUEST_GVA_MAPPED' || code === 'ERR_KVM_GUEST_PAGE_TABLE' ? ok('GuestMapError', code) : bad(`GuestMapError with code ${String(code)}`);
+    return code === 'ERR_KVM_GUEST_GVA_MAPPED' || code === 'ERR_KVM_GUEST_PAGE_TABLE'
+      ? ok('GuestMapError', code)
+      : bad(`GuestMapError with code ${String(code)}`);
   }
   for (const [name, cls, want] of CODED) {
     if (e instanceof cls) return code === want ? ok(name, want) : bad(`${name} with code ${String(code)}`);
