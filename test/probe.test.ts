@@ -6,7 +6,7 @@
 // memory, PROT_NONE, and a file shorter than its mapping fault the same way
 // everywhere. The guest_memfd cases need its 'mmap' create flag.
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, constants, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -42,6 +42,22 @@ describe('Mapping.probe on memory that does not fault', () => {
     expect(m.probe(99, 3, 'read').data).toEqual(new Uint8Array([0, 0xaa, 0xaa]));
     // Defaults: one byte, read.
     expect(m.probe(100)).toEqual({ result: 'ok', address: null, done: 1, data: new Uint8Array([0xaa]) });
+  });
+});
+
+describe('Mapping.anonymousPrivate', () => {
+  test('private anonymous memory with views: MADV_DONTNEED drops what was written (it reads as zero again)', () => {
+    using m = Mapping.anonymousPrivate(2 * PAGE);
+    const v = m.dataView();
+    v.setBigUint64(PAGE + 8, 0x1122334455667788n, true);
+    expect(m.probe(PAGE + 8, 1, 'read').data).toEqual(new Uint8Array([0x88]));
+    m.advise(PAGE, PAGE, Mmap.MADV_DONTNEED);
+    expect(v.getBigUint64(PAGE + 8, true)).toBe(0n);
+    // /proc/self/maps names it private ('p'), unlike anonymousShared()'s 's'.
+    const line = readFileSync('/proc/self/maps', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(`${m.address.toString(16)}-`));
+    expect(line?.split(/\s+/)[1]).toBe('rw-p');
   });
 });
 

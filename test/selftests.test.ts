@@ -16,6 +16,7 @@ const DEFECT_OF: Record<string, DefectId> = { 'GM-9': 'gmem-bind-offset-overflow
 
 const PORTS = [
   'guest_memfd_test',
+  'memslot_perf_test',
   'pre_fault_memory_test',
   'private_mem_conversions_test',
   'private_mem_kvm_exits_test',

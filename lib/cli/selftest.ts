@@ -20,7 +20,9 @@
 // run_tests` prints (runner.sh): each file's output behind '# ', then
 // `ok N selftests: kvm: NAME`, `# SKIP` for exit 4, `# exit=N` otherwise.
 // The exit status is kselftest's: 1 if a file failed, 4 if every file
-// skipped, else 0.
+// skipped, else 0. Each test runs with KVM_GMEM_SELFTEST_SUITE=1, so that a
+// port whose C defaults take minutes (memslot_perf_test) can choose
+// shorter ones when it is given no arguments.
 import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -154,6 +156,7 @@ function indent(text: string, prefix: string): string {
 async function runInProcess(name: string, file: string, testArgs: string[], write: (text: string) => void): Promise<FileResult> {
   const started = performance.now();
   const h = new Harness({}, { collected: true, write, times: true });
+  process.env.KVM_GMEM_SELFTEST_SUITE = '1';
   const argv = process.argv;
   collectInto(h);
   try {
@@ -184,7 +187,7 @@ async function runInProcess(name: string, file: string, testArgs: string[], writ
 function runIsolated(file: string, testArgs: string[], write: (text: string) => void): Promise<FileResult> {
   const started = performance.now();
   return new Promise((resolve) => {
-    const env = { ...process.env, KVM_GMEM_SELFTEST_TIMES: '1' };
+    const env = { ...process.env, KVM_GMEM_SELFTEST_TIMES: '1', KVM_GMEM_SELFTEST_SUITE: '1' };
     const child = spawn(process.execPath, [file, ...testArgs], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let pending = '';
     const flush = (chunk: string, last = false): void => {

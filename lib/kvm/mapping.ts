@@ -87,6 +87,17 @@ export class Mapping implements Disposable {
   }
 
   /**
+   * MAP_PRIVATE|MAP_ANONYMOUS read-write memory (VM_MEM_SRC_ANONYMOUS of the
+   * kernel's selftests): MADV_DONTNEED frees its pages and they read as zero
+   * next. It cannot fault, so it offers views like anonymousShared().
+   */
+  static anonymousPrivate(length: U64Input): Mapping {
+    const len = mappingLength(length, 'Mapping.anonymousPrivate: length');
+    const m = native.mmap(-1, len, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_PRIVATE | Mmap.MAP_ANONYMOUS | Mmap.MAP_NORESERVE, 0, false);
+    return new Mapping(m, len);
+  }
+
+  /**
    * MAP_SHARED read-write mapping of `fd` at `offset`. A range past the end
    * of a regular file (RangeError), or a guest_memfd without 'mmap' and
    * 'init-shared' (TypeError), is refused: touching such pages raises SIGBUS.
