@@ -32,8 +32,8 @@
 // spin on. The host spins with Atomics on a view of that page while the
 // vCPU runs on its own thread (guest.runUntilDone()); the start handshake is
 // the guest's ucall SYNC(0) (onSync), as the C test's semaphore.
-import { Cap, Guest, Kvm, KvmError, Mapping, Mmap, PAGE_SIZE, mem, raw, type Assembler, type GuestIo, type VcpuExit, type Vm } from 'kvm-gmem';
-import { assert, assertEq, diag, requires, skip, test } from 'kvm-gmem/selftest';
+import { Cap, Guest, Mapping, Mmap, PAGE_SIZE, mem, raw, type Assembler, type GuestIo, type VcpuExit, type Vm } from 'kvm-gmem';
+import { assert, assertEq, diag, openKvm, requires, skip, test } from 'kvm-gmem/selftest';
 
 const SZ_64K = 0x1_0000;
 const SZ_2M = 0x20_0000;
@@ -233,15 +233,6 @@ if (targs.disableSlotZap) {
 // kernel). It takes no part in any check; the process exit closes it.
 const holder = kvm.createVm();
 holder.createVcpu(0);
-
-function openKvm(): Kvm {
-  try {
-    return Kvm.open();
-  } catch (e) {
-    if (e instanceof KvmError && e.code === 'ENOENT') skip(`Cannot open /dev/kvm: ${e.message}`);
-    throw e;
-  }
-}
 
 /** The memslot ioctl kvm_util sends for a plain anonymous memslot: v2 where it exists (6.8+), else v1. */
 function setRegion(vm: { readonly fd: number }, slot: number, gpa: number, size: number, hva: bigint): void {

@@ -20,8 +20,6 @@ import {
   Guest,
   GuestMemfdBindingOverlapError,
   InternalErrorSuberror,
-  Kvm,
-  KvmError,
   Mapping,
   MemFlag,
   MemoryAttribute,
@@ -37,7 +35,7 @@ import {
   type VcpuExit,
   type Vm,
 } from 'kvm-gmem';
-import { assert, assertEq, assertErrno, assertNe, diag, requires, skip, test } from 'kvm-gmem/selftest';
+import { assert, assertEq, assertErrno, assertNe, diag, openKvm, requires, skip, test } from 'kvm-gmem/selftest';
 
 const PAGE = 4096;
 /** MEM_REGION_SIZE: one 2 MiB large page, so that the MOVE/DELETE region starts as exactly one. */
@@ -84,15 +82,6 @@ const slotZapQuirk = (sysCap(KVM_CAP_DISABLE_QUIRKS2) & KVM_X86_QUIRK_SLOT_ZAP_A
 // the suite. It takes no part in any check; the process exit closes it.
 const holder = kvm.createVm();
 holder.createVcpu(0);
-
-function openKvm(): Kvm {
-  try {
-    return Kvm.open();
-  } catch (e) {
-    if (e instanceof KvmError && e.code === 'ENOENT') skip(`Cannot open /dev/kvm: ${e.message}`);
-    throw e;
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

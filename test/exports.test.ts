@@ -173,6 +173,7 @@ const SELFTEST_EXPORTS = [
   'assertThrows',
   'configure',
   'diag',
+  'openKvm',
   'requires',
   'run',
   'skip',

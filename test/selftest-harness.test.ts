@@ -65,6 +65,19 @@ describe('kvm-gmem/selftest: KTAP output and kselftest exit statuses', () => {
     expect(d.lines).toEqual(['TAP version 13', '1..0 # SKIP no KVM_CAP_FOO here']);
   });
 
+  test('openKvm(): a missing device skips the file naming it (exit 4); any other open error is a failure, not a skip', () => {
+    const r = scenario('no-device');
+    expect(r.status).toBe(4);
+    expect(r.lines).toEqual([
+      'TAP version 13',
+      '1..0 # SKIP Cannot open /nonexistent/kvm: open failed: ENOENT (no such file or directory); sent path=/nonexistent/kvm',
+    ]);
+    const other = scenario('not-a-device');
+    expect(other.status).not.toBe(4);
+    expect(other.status).not.toBe(0);
+    expect(other.lines.some((l) => l.includes('SKIP'))).toBe(false);
+  });
+
   test('assertErrno: the kernel error is returned; another errno or a success fails with the request that was sent', () => {
     const r = scenario('errno');
     expect(r.status).toBe(1);

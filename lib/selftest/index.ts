@@ -7,6 +7,8 @@
 //   test('size 1 is EINVAL', () => { ... });
 //
 // Every export is named here and listed by test/exports.test.ts.
+import { KvmError } from '../errors.js';
+import { Kvm } from '../kvm/kvm.js';
 import { current } from './collect.js';
 import { type HarnessOptions, type TestOptions } from './harness.js';
 import { type Need } from './requirements.js';
@@ -33,6 +35,21 @@ export function skip(reason: string): never {
  */
 export function requires(...needs: Need[]): void {
   current().requires(...needs);
+}
+
+/**
+ * The kernel selftest library's open of /dev/kvm (`_open_kvm_dev_path_or_exit()`):
+ * Kvm.open(path); a missing device (ENOENT) skips, the whole file when
+ * called at the top level ("Cannot open /dev/kvm: ..."); any other error
+ * is thrown, a failure.
+ */
+export function openKvm(path = '/dev/kvm'): Kvm {
+  try {
+    return Kvm.open(path);
+  } catch (e) {
+    if (e instanceof KvmError && e.code === 'ENOENT') current().skip(`Cannot open ${path}: ${e.message}`);
+    throw e;
+  }
 }
 
 /** Prints `# ...` diagnostic lines (pr_info). */
