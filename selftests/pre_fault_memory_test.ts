@@ -81,15 +81,20 @@ function setUp(type: 'default' | 'sw-protected', priv: boolean): Case {
   return { vm, guest, vcpu: guest.vcpu, slot, region };
 }
 
-/** One KVM_PRE_FAULT_MEMORY: the range left and the error (null on success). */
+/**
+ * One KVM_PRE_FAULT_MEMORY: the range left and the error (null on success).
+ * PF-2: exactly one of progress and failure, never both nor neither.
+ */
 function preFaultOnce(vcpu: Vcpu, gpa: bigint, size: bigint): { left: bigint; error: KvmError | null } {
+  let r: { left: bigint; error: KvmError | null };
   try {
-    const r = vcpu.preFaultMemory({ gpa, size });
-    return { left: r.size, error: null };
+    r = { left: vcpu.preFaultMemory({ gpa, size }).size, error: null };
   } catch (e) {
     if (!(e instanceof KvmError)) throw e;
-    return { left: size, error: e };
+    r = { left: size, error: e };
   }
+  assert(r.left < size !== (r.error !== null), `PF-2 exactly one of progress (${size} -> ${r.left}) and failure (${r.error?.code ?? 'none'})`);
+  return r;
 }
 
 /** PF-4: the bytes left and the last call's error, both shown when either is wrong (with the kernel's message). */
@@ -123,7 +128,6 @@ function preFault6_12(c: Case, offset: number, size: number, expectLeft: number,
   let last: KvmError | null = null;
   for (let tries = 0; tries < EINTR_RETRIES; tries++) {
     const r = preFaultOnce(c.vcpu, gpa, left);
-    assert(r.left < left !== (r.error !== null), `PF-2 exactly one of progress (${left} -> ${r.left}) and failure (${r.error?.code ?? 'none'})`);
     gpa += left - r.left;
     left = r.left;
     last = r.error;
@@ -224,7 +228,6 @@ async function preFault7_3(c: Case, offset: number, size: number, expectLeft: nu
   let recreated = false;
   for (;;) {
     const r = preFaultOnce(c.vcpu, gpa, left);
-    assert(r.left < left !== (r.error !== null), `PF-2 exactly one of progress (${left} -> ${r.left}) and failure (${r.error?.code ?? 'none'})`);
     gpa += left - r.left;
     left = r.left;
     last = r.error;

@@ -25,6 +25,7 @@
 // shorter ones when it is given no arguments.
 import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { collectInto } from '../selftest/collect.js';
@@ -115,6 +116,8 @@ export async function runSelftest(argv: string[], io: CliIo): Promise<number> {
     return 0;
   }
   const names = o.names.length > 0 ? [...new Set(o.names)] : all;
+  // For every test, in this process and in the --isolate children (which inherit it).
+  process.env.KVM_GMEM_SELFTEST_SUITE = '1';
   io.out(`TAP version 13\n1..${names.length}\n`);
   const counts = { pass: 0, fail: 0, skip: 0 };
   for (const [i, name] of names.entries()) {
@@ -156,7 +159,6 @@ function indent(text: string, prefix: string): string {
 async function runInProcess(name: string, file: string, testArgs: string[], write: (text: string) => void): Promise<FileResult> {
   const started = performance.now();
   const h = new Harness({}, { collected: true, write, times: true });
-  process.env.KVM_GMEM_SELFTEST_SUITE = '1';
   const argv = process.argv;
   collectInto(h);
   try {
@@ -187,7 +189,7 @@ async function runInProcess(name: string, file: string, testArgs: string[], writ
 function runIsolated(file: string, testArgs: string[], write: (text: string) => void): Promise<FileResult> {
   const started = performance.now();
   return new Promise((resolve) => {
-    const env = { ...process.env, KVM_GMEM_SELFTEST_TIMES: '1', KVM_GMEM_SELFTEST_SUITE: '1' };
+    const env = { ...process.env, KVM_GMEM_SELFTEST_TIMES: '1' };
     const child = spawn(process.execPath, [file, ...testArgs], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let pending = '';
     const flush = (chunk: string, last = false): void => {
@@ -205,13 +207,8 @@ function runIsolated(file: string, testArgs: string[], write: (text: string) => 
     child.on('close', (code, signal) => {
       flush('', true);
       if (stderr !== '') write(`${stderr.trimEnd().replace(/^/gm, '# ')}\n`);
-      const status = code ?? (signal === null ? KSFT_FAIL : 128 + signalNumber(signal));
+      const status = code ?? (signal === null ? KSFT_FAIL : 128 + osConstants.signals[signal]);
       resolve({ status, seconds: (performance.now() - started) / 1000 });
     });
   });
-}
-
-function signalNumber(signal: NodeJS.Signals): number {
-  const names: Partial<Record<NodeJS.Signals, number>> = { SIGKILL: 9, SIGSEGV: 11, SIGABRT: 6, SIGBUS: 7, SIGTERM: 15, SIGALRM: 14 };
-  return names[signal] ?? 1;
 }

@@ -119,13 +119,7 @@ export class Mapping implements Disposable {
    * reads and writes it, and a SIGBUS or SIGSEGV comes back as a value.
    */
   static unchecked(o: { length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number }): Mapping {
-    const len = mappingLength(o.length, 'Mapping.unchecked: length');
-    const fd = o.fd ?? -1;
-    const offset = toU64(o.offset ?? 0, 'Mapping.unchecked: offset');
-    const prot = toU32(o.prot ?? Mmap.PROT_READ | Mmap.PROT_WRITE, 'Mapping.unchecked: prot');
-    const flags = toU32(o.flags ?? (fd === -1 ? Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS : Mmap.MAP_SHARED), 'Mapping.unchecked: flags');
-    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < -1)
-      throw argError(`Mapping.unchecked: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
+    const { len, fd, offset, prot, flags } = mmapOptions(o, 'Mapping.unchecked');
     const m = native.mmap(fd, len, prot, flags, offset, false);
     return new Mapping(m, len, false);
   }
@@ -153,13 +147,7 @@ export class Mapping implements Disposable {
    */
   mapFixed(o: { at: U64Input; length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number }): Mapping {
     const at = toU64(o.at, 'Mapping.mapFixed: at');
-    const len = mappingLength(o.length, 'Mapping.mapFixed: length');
-    const fd = o.fd ?? -1;
-    const offset = toU64(o.offset ?? 0, 'Mapping.mapFixed: offset');
-    const prot = toU32(o.prot ?? Mmap.PROT_READ | Mmap.PROT_WRITE, 'Mapping.mapFixed: prot');
-    const flags = toU32(o.flags ?? (fd === -1 ? Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS : Mmap.MAP_SHARED), 'Mapping.mapFixed: flags');
-    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < -1)
-      throw argError(`Mapping.mapFixed: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
+    const { len, fd, offset, prot, flags } = mmapOptions(o, 'Mapping.mapFixed');
     const child = new Mapping(native.mmapFixed(this.#use('place a fixed mapping').handle, at, len, prot, flags, fd, offset), len, false);
     child.#parent = this;
     this.#children.add(child);
@@ -311,6 +299,25 @@ export class Mapping implements Disposable {
   [Symbol.dispose](): void {
     this.unmap();
   }
+}
+
+/**
+ * unchecked()'s and mapFixed()'s mmap options, each read once, in order:
+ * length, fd (-1: anonymous), offset, prot (read-write), flags (MAP_SHARED,
+ * with MAP_ANONYMOUS when there is no fd).
+ */
+function mmapOptions(
+  o: { length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number },
+  fn: string,
+): { len: number; fd: number; offset: bigint; prot: number; flags: number } {
+  const len = mappingLength(o.length, `${fn}: length`);
+  const fd = o.fd ?? -1;
+  const offset = toU64(o.offset ?? 0, `${fn}: offset`);
+  const prot = toU32(o.prot ?? Mmap.PROT_READ | Mmap.PROT_WRITE, `${fn}: prot`);
+  const flags = toU32(o.flags ?? (fd === -1 ? Mmap.MAP_SHARED | Mmap.MAP_ANONYMOUS : Mmap.MAP_SHARED), `${fn}: flags`);
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < -1)
+    throw argError(`${fn}: fd must be an fd number or -1, got ${String(fd)}`, typeCode(fd, 'number'));
+  return { len, fd, offset, prot, flags };
 }
 
 function mappingLength(v: U64Input, name: string): number {

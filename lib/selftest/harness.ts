@@ -221,12 +221,10 @@ export class Harness {
 
   /** A diagnostic line (or lines), `# ...`. */
   diag(...parts: unknown[]): void {
+    const text = `${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`;
     // Before the run (a file's top level): after the version line and the plan, where KTAP puts them.
-    if (this.#state === 'idle' || this.#state === 'scheduled') {
-      this.#early.push(`${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`);
-      return;
-    }
-    this.#mode.write(`${diagLines(parts.map((p) => (typeof p === 'string' ? p : String(p))).join(' '))}\n`);
+    if (this.#state === 'idle' || this.#state === 'scheduled') this.#early.push(text);
+    else this.#mode.write(text);
   }
 
   /**
