@@ -582,6 +582,41 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// withInterrupts(intervalUs, fn) -> fn(): calls fn with an interval timer
+// that sends this thread the kick signal every intervalUs microseconds
+// (1000..1,000,000: the kernel rearms an interval timer when its signal is
+// dequeued, so an interval shorter than the handler's round trip, which
+// under QEMU TCG with ASan nears 100 us, would leave the thread handling
+// signals and nothing else), then deletes the timer however fn ends (a throw, or a
+// worker terminated inside it). The handler does nothing but stop a run of
+// this thread, so a syscall that checks signal_pending() (mm_take_all_locks
+// in KVM_CREATE_VM, kvm_gmem_allocate per folio) fails with EINTR. A timer,
+// not another process sending signals: the timer's interrupt marks the
+// signal pending while this thread is inside the kernel, which a sender
+// process on a single CPU without kernel preemption never gets to do.
+static Napi::Value WithInterrupts(const Napi::CallbackInfo& info) {
+  const char* fn = "withInterrupts";
+  ExpectArgs(info, 2, fn);
+  int32_t us = 0;
+  if (!RawSmallInt(info.Env(), info[0], &us) || us < 1000 || us > 1000000)
+    throw ArgError(info.Env(), "withInterrupts: intervalUs must be an integer 1000..1000000", kArgValue);
+  if (!info[1].IsFunction()) throw ArgError(info.Env(), "withInterrupts: fn must be a function", kArgType);
+  Napi::Function body = info[1].As<Napi::Function>();
+  InstallKickHandler();
+  timer_t id{};
+  if (CreateKickTimer(&id, Gettid()) < 0) ThrowErrno(info.Env(), errno, "timer_create");
+  struct Deleter {
+    timer_t id;
+    ~Deleter() { timer_delete(id); }
+  } timer{id};
+  itimerspec its{};
+  its.it_value.tv_nsec = static_cast<long>(us % 1000000) * 1000L;
+  its.it_value.tv_sec = us / 1000000;
+  its.it_interval = its.it_value;
+  timer_settime(timer.id, 0, &its, nullptr);
+  return body.Call(info.Env().Undefined(), {});
+}
+
 // exports.kvmRunLayout = { offsets: { 'io.port': 34, ... }, lengths: { mmioData: 8, ... }, size }:
 // struct kvm_run as this addon was compiled (the table in uapi.h), for the
 // test that holds lib/binding/kvm-run.ts to it. A value, not a function.
@@ -616,6 +651,7 @@ void InitVcpu(Napi::Env env, Napi::Object exports) {
   exports.Set("setSregs", Napi::Function::New(env, SetSregs, "setSregs"));
   exports.Set("setCpuid2", Napi::Function::New(env, SetCpuid2, "setCpuid2"));
   exports.Set("preFaultMemory", Napi::Function::New(env, PreFaultMemory, "preFaultMemory"));
+  exports.Set("withInterrupts", Napi::Function::New(env, WithInterrupts, "withInterrupts"));
 }
 
 }  // namespace kvmgmem

@@ -106,6 +106,7 @@ const RAW_EXPORTS = [
   'setMemoryAttributes',
   'setUserMemoryRegion',
   'setUserMemoryRegion2',
+  'withInterrupts',
 ];
 
 /** Exports that exist only as types (erased at run time). */

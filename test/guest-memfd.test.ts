@@ -209,12 +209,12 @@ withGmem.describe('allocate and punchHole (fallocate)', () => {
     expect(g.stat().size).toBe(SIZE);
   });
 
-  test('under a storm of signals the raw call stops with EINTR, allocate() and punchHole() still complete (they repeat it)', async () => {
+  test('under a storm of signals the raw call stops with EINTR, allocate() and punchHole() still complete (they repeat it)', () => {
     using kvm = openKvm();
     using vm = kvm.createVm();
     const LEN = 64 << 20; // long enough per call (16,384 folios) that signals land inside it
     using g = vm.createGuestMemfd({ size: LEN });
-    await underSignalStorm(() => {
+    underSignalStorm(() => {
       // The storm reaches the syscall: kvm_gmem_allocate() checks signal_pending() per folio.
       expect(
         sawEintr(() => {

@@ -5,13 +5,13 @@
 // the kernel abandons with EINTR. A test that needs a capability gates
 // through `gate(needs.x(...), ...)`: one call gives the boolean and the name
 // suffix, whose [req: ...] token the test VM's skip guard re-checks.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, test } from 'vitest';
-import { type Capabilities, type GuestMemfd, Kvm, KvmError, type KvmRuleError, type Vm, type VmTypeName } from '../lib/index.js';
+import { type Capabilities, type GuestMemfd, Kvm, KvmError, type KvmRuleError, raw, type Vm, type VmTypeName } from '../lib/index.js';
 import { errnoName } from '../lib/errors.js';
 import { CapSince, type CapName, type GuestMemfdFlagName, guestMemfdFlagBits, MemoryAttribute } from '../lib/binding/uapi.js';
 import { ENV_FACTS, type EnvFact, evaluate, type Facts, probeFacts, type Req, serialize } from './support/requirements.js';
@@ -285,32 +285,21 @@ export function newVm(type: VmTypeName = 'default'): VmHandle {
 }
 
 /**
- * Runs `f` while another process sends this one SIGUSR2 about every
- * millisecond (handled, so each one is pending in whatever syscall is
- * running). Not a tight loop: with a signal pending at every entry no
+ * Runs `f` while a timer signals this thread every 2 ms (raw.withInterrupts).
+ * A timer, not another process: on one CPU without kernel preemption (the
+ * 6.1 test VM) a sender process cannot run while this thread is inside a
+ * syscall, and a shell loop of `kill` there missed KVM_CREATE_VM's window
+ * for 90 s. Not a tight interval: with a signal pending at every entry no
  * EINTR-abandoned call could make progress.
  */
-export async function underSignalStorm<T>(f: () => T): Promise<T> {
-  let first: () => void = () => {};
-  const started = new Promise<void>((res) => (first = res));
-  const onSignal = (): void => first();
-  process.on('SIGUSR2', onSignal);
-  const storm = spawn('bash', ['-c', `while kill -USR2 ${process.pid} 2>/dev/null; do sleep 0.001; done`], { stdio: 'ignore' });
-  try {
-    await started;
-    return f();
-  } finally {
-    storm.kill();
-    process.off('SIGUSR2', onSignal);
-  }
+export function underSignalStorm<T>(f: () => T): T {
+  return raw.withInterrupts(2000, f);
 }
 
 /**
  * Calls `f` until it fails with EINTR (true), or until `tries` calls have
- * succeeded and `minMs` has passed (false). The storm is a shell loop, so on
- * a loaded machine its signals come slower: a count of tries alone made this
- * flaky, the time floor does not. In the test VM (QEMU TCG, one CPU) 20 s
- * missed the EINTR in 3 of 4 full runs: 90 s there.
+ * succeeded and `minMs` has passed (false): a floor of time as well as a
+ * count, so a slow machine (QEMU TCG) gets as many chances as a fast one.
  */
 export function sawEintr(f: () => void, tries: number, minMs = process.env.TESTVM === '1' ? 90_000 : 20_000): boolean {
   const start = Date.now();

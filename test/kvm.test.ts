@@ -132,9 +132,9 @@ describe('createVm', () => {
     expect(vm.memslots()).toEqual([]);
   });
 
-  test('under a storm of signals raw KVM_CREATE_VM fails with EINTR now and then; createVm() repeats it and always succeeds', async () => {
+  test('under a storm of signals raw KVM_CREATE_VM fails with EINTR now and then; createVm() repeats it and always succeeds', () => {
     using kvm = openKvm();
-    await underSignalStorm(() => {
+    underSignalStorm(() => {
       // mmu_notifier_register -> mm_take_all_locks gives up on any pending signal.
       expect(sawEintr(() => raw.createVm(kvm, VmType.default).close(), 5000)).toBe(true);
       for (let i = 0; i < 200; i++) kvm.createVm().close();

@@ -117,6 +117,7 @@ export interface NativeBinding {
   setSregs(vcpuFd: number, sregs: Uint8Array): void;
   setCpuid2(vcpuFd: number, entries: Uint8Array): void;
   preFaultMemory(vcpuFd: number, gpa: U64Input, size: U64Input, flags: U64Input, timeoutMs: number): { gpa: U64Input; size: U64Input };
+  withInterrupts<T>(intervalUs: number, fn: () => T): T;
   /**
    * struct kvm_run as the addon was compiled: offsetof of every field
    * lib/binding/kvm-run.ts names (dotted: 'io.port'), the element counts of

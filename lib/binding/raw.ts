@@ -89,6 +89,19 @@ export function setNrMmuPages(vm: FdLike, pages: U64Input): void {
   call({ pages }, () => native.setNrMmuPages(fd, pages));
 }
 
+/**
+ * Calls `fn` while an interval timer sends this thread a signal every
+ * `intervalUs` microseconds (1000..1,000,000: closer, handling the
+ * signals alone could take all of the thread's time), and returns what `fn` returns.
+ * The signal's handler does nothing, so a syscall that checks for a pending
+ * signal stops with EINTR: KVM_CREATE_VM (mm_take_all_locks), fallocate on a
+ * guest_memfd (per folio), KVM_RUN (an `interrupted` exit). For tests of
+ * EINTR paths; the timer is deleted however `fn` ends.
+ */
+export function withInterrupts<T>(intervalUs: number, fn: () => T): T {
+  return native.withInterrupts(intervalUs, fn);
+}
+
 export function fallocate(f: FdLike, mode: number, offset: U64Input, length: U64Input): void {
   const fd = fdOf(f);
   call({ fd, mode, offset, length }, () => native.fallocate(fd, mode, offset, length));

@@ -24,6 +24,7 @@ export const ENV_FACTS = {
   'non-root': 'to run as a user other than root',
   'dev-kvm': '/dev/kvm',
   numa: 'a NUMA node in /sys/devices/system/node (a kernel with CONFIG_NUMA)',
+  'proc-timers': "/proc/self/timers, the process's POSIX timers (a kernel with CONFIG_CHECKPOINT_RESTORE)",
 } as const;
 export type EnvFact = keyof typeof ENV_FACTS;
 
@@ -96,6 +97,7 @@ export function probeFacts(env: NodeJS.ProcessEnv = process.env): Facts {
       'non-root': process.getuid?.() !== 0,
       'dev-kvm': devKvmUsable(),
       numa: existsSync('/sys/devices/system/node/node0'),
+      'proc-timers': existsSync('/proc/self/timers'),
     },
     tool: hasTool,
   };

@@ -2094,6 +2094,7 @@ function rawOp(c: Ctx): Call | null {
     [3, 'checkExtension'],
     [2, 'enableCap'],
     [1, 'setNrMmuPages'],
+    [1, 'interrupts'],
     [3, 'fallocate'],
     [2, 'fstat'],
     [2, 'isCloexec'],
@@ -2174,6 +2175,16 @@ function rawOp(c: Ctx): Call | null {
       if (v === null) return null;
       const pages = r.pick<unknown>([0, 1, 64, 2 ** 32, 2 ** 53, 1n << 63n, -1, 1.5, 'x']);
       return call('raw.setNrMmuPages', `raw.setNrMmuPages(${st.name(v)}, ${show(pages)})`, () => raw.setNrMmuPages(v, pages as number));
+    }
+    case 'interrupts': {
+      // A signal timer around a VM creation (which repeats KVM_CREATE_VM on
+      // EINTR), around nothing, or with a body that is not a function.
+      const k = anyOf(c, st.kvms);
+      const us = r.pick<unknown>([1000, 1000, 2000, 1_000_000, 0, 999, 1_000_001, -1, 1.5, 'x', null, 5n]);
+      const body = r.pick(['createVm', 'nothing', 'not a function'] as const);
+      const fn = body === 'createVm' && k !== null ? () => k.createVm().close() : body === 'not a function' ? (7 as unknown as () => void) : () => undefined;
+      const what = body === 'createVm' && k !== null ? `${st.name(k)}.createVm().close()` : body;
+      return call('raw.withInterrupts', `raw.withInterrupts(${show(us)}, ${what})`, () => raw.withInterrupts(us as number, fn));
     }
     case 'fallocate': {
       const pickRaw = st.rawGmems.length > 0 && r.chance(0.5);
