@@ -12,8 +12,12 @@ import {
   parseCFailure,
   parseCSkip,
   parseKtap,
+  parsePerfFigures,
+  perfRows,
   ratio,
   renderMarkdown,
+  renderPerfMarkdown,
+  renderPerfText,
   renderText,
   type RunRecord,
   sameCheck,
@@ -273,5 +277,62 @@ describe('agreement and the table', () => {
     const txt = renderText(rows).split('\n');
     expect(txt).toHaveLength(3);
     expect(txt[0]!.startsWith('test ')).toBe(true);
+  });
+});
+
+describe("memslot_perf_test's figures", () => {
+  // As the C test prints them (pr_info, stdout) and as the port does (diagnostics).
+  const cOut = [
+    '==== Test Assertion Failure ====',
+    'Testing map performance with 1 runs, 1 seconds each',
+    'Test took 0.012000000s for slot setup + 1.000100000s all iterations',
+    'Done 80 iterations, avg 0.012501250s each',
+    'Best runtime result was 0.012501250s per iteration (with 80 iterations)',
+    'Testing RW performance with 1 runs, 1 seconds each',
+    'Test took 0.010000000s for slot setup + 1.5s all iterations',
+    'No full loops done - too short test time or system too loaded?',
+    'Best slot setup time for the whole test area was 0.010000000s',
+  ].join('\n');
+  const portOut = [
+    'TAP version 13',
+    '1..8',
+    '# Testing map performance with 1 runs, 1 seconds each',
+    '# Test took 0.020000000s for slot setup + 1.000000000s all iterations',
+    '# Done 40 iterations, avg 0.025000000s each',
+    '# Best runtime result was 0.025000000s per iteration (with 40 iterations)',
+    'ok 5 MP-5 map',
+    '# Testing RW performance with 1 runs, 1 seconds each',
+    '# Done 2 iterations, avg 0.400000000s each',
+    '# Best runtime result was 0.400000000s per iteration (with 2 iterations)',
+  ].join('\n');
+
+  test('one parser reads both spellings', () => {
+    expect(parsePerfFigures(cOut)).toEqual([
+      { phase: 'map', slotSetupS: 0.012, avgIterS: 0.01250125, bestIterS: 0.01250125, bestIterations: 80 },
+      { phase: 'RW', slotSetupS: 0.01 },
+    ]);
+    expect(parsePerfFigures(portOut)).toEqual([
+      { phase: 'map', slotSetupS: 0.02, avgIterS: 0.025, bestIterS: 0.025, bestIterations: 40 },
+      { phase: 'RW', avgIterS: 0.4, bestIterS: 0.4, bestIterations: 2 },
+    ]);
+    expect(parsePerfFigures('nothing here')).toEqual([]);
+  });
+
+  test('side by side per phase: each build, the port, and port/C', () => {
+    const rows = perfRows({ '6.12': cOut, '7.3': undefined }, portOut);
+    expect(rows.map((r) => r.phase)).toEqual(['map', 'RW']);
+    const md = renderPerfMarkdown(rows, ['6.12', '7.3']).split('\n');
+    expect(md[0]).toBe('| phase | C 6.12 best/iteration (n) | C 7.3 best/iteration (n) | port best/iteration (n) | port/C 6.12 | port/C 7.3 |');
+    expect(md[2]).toBe('| map | 12.50 ms (80) | — | 25.00 ms (40) | 2.00x | — |');
+    // The C run did no full loop in RW: no figure, no ratio.
+    expect(md[3]).toBe('| RW | — | — | 400.00 ms (2) | — | — |');
+    expect(renderPerfText(rows, ['6.12', '7.3']).split('\n')).toHaveLength(3);
+  });
+
+  test('several runs in one output: each phase shows its best run', () => {
+    const slower = portOut.replace(/0\.025000000s per iteration \(with 40/, '0.030000000s per iteration (with 33');
+    const rows = perfRows({ '7.3': cOut }, `${slower}\n${portOut}`);
+    expect(rows[0]!.port).toEqual({ iterS: 0.025, iterations: 40 });
+    expect(perfRows({ '7.3': cOut }, `${portOut}\n${slower}`)[0]!.port).toEqual({ iterS: 0.025, iterations: 40 });
   });
 });

@@ -20,9 +20,22 @@ import {
   SOURCE_SERIES,
   type SourceSeries,
   seriesDirs,
+  TEST_ARGS,
   X86_TESTS,
 } from './common.js';
-import { classifyC, classifyPort, enclosingFunction, makeRow, renderMarkdown, renderText, type Row } from './parse.js';
+import {
+  classifyC,
+  classifyPort,
+  enclosingFunction,
+  makeRow,
+  type PerfRow,
+  perfRows,
+  renderMarkdown,
+  renderPerfMarkdown,
+  renderPerfText,
+  renderText,
+  type Row,
+} from './parse.js';
 import { runInTestVm } from '../testvm/vm.js';
 
 const KERNELS = ['host', '6.1', '6.12', '7.3'] as const;
@@ -116,6 +129,17 @@ export function rowsOf(kernel: string, res: KernelRunFile, tests: readonly strin
   }
   return rows;
 }
+
+/** memslot_perf_test's per-iteration figures, C builds and port side by side (empty when it did not run). */
+export function perfRowsOf(res: KernelRunFile): PerfRow[] {
+  const test = 'memslot_perf_test';
+  const c = Object.fromEntries(SOURCE_SERIES.map((s) => [s, res.c[test]?.[s]?.output]));
+  const port = res.port[test]?.output;
+  if (port === undefined && Object.values(c).every((o) => o === undefined)) return [];
+  return perfRows(c, port);
+}
+
+const PERF_HEADING = `memslot_perf_test, best time per iteration per phase (arguments: ${(TEST_ARGS.memslot_perf_test ?? []).join(' ')}; the C test's printed figures and the port's, same words):`;
 
 interface KernelOutcome {
   kernel: string;
@@ -212,6 +236,8 @@ async function main(): Promise<void> {
     else {
       if (!outcome.results!.devKvm) process.stdout.write('   (no /dev/kvm there: every run skips)\n');
       process.stdout.write(`${renderText(outcome.rows)}\n`);
+      const perf = perfRowsOf(outcome.results!);
+      if (perf.length > 0) process.stdout.write(`\n${PERF_HEADING}\n${renderPerfText(perf, SOURCE_SERIES)}\n`);
     }
   }
   if (o.out) {
@@ -222,7 +248,11 @@ async function main(): Promise<void> {
       '',
       `C builds: ${buildsLine(outcomes)}. Per-run timeout ${o.timeoutS} s. x86 tests (${[...X86_TESTS].join(', ')}) are built from x86_64/ (6.12) and x86/ (7.3).`,
       '',
-      ...outcomes.flatMap((k) => [`## ${kernelHeading(k)}`, '', k.problem ? k.problem : renderMarkdown(k.rows), '']),
+      ...outcomes.flatMap((k) => {
+        const perf = k.results ? perfRowsOf(k.results) : [];
+        const figures = perf.length > 0 ? [PERF_HEADING, '', renderPerfMarkdown(perf, SOURCE_SERIES), ''] : [];
+        return [`## ${kernelHeading(k)}`, '', k.problem ? k.problem : renderMarkdown(k.rows), '', ...(k.problem ? [] : figures)];
+      }),
     ].join('\n');
     await writeFile(`${base}.md`, md);
     const json = outcomes.map((k) => ({
@@ -232,6 +262,7 @@ async function main(): Promise<void> {
       builds: k.results?.builds,
       startedAt: k.results?.startedAt,
       vmWallMs: k.vmWallMs,
+      memslotPerfFigures: k.results ? perfRowsOf(k.results) : [],
       rows: k.rows.map((r) => ({
         test: r.test,
         build: r.build,

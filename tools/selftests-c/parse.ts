@@ -631,3 +631,102 @@ export function renderText(rows: Row[]): string {
   const widths = COLUMNS.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
   return cells.map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]!))).join('  ')).join('\n');
 }
+
+// ---------------------------------------------------------------------------
+// memslot_perf_test's figures: the C test prints them with pr_info, the port
+// as `# ` diagnostics with the same words, so one parser reads both.
+
+/** One phase's figures as printed ("Testing map performance ..." up to the next phase). */
+export interface PerfFigures {
+  /** The phase as the test names it: map, unmap, unmap chunked, move active area, move inactive area, RW. */
+  phase: string;
+  /** "Best runtime result was Xs per iteration (with N iterations)". */
+  bestIterS?: number;
+  bestIterations?: number;
+  /** "Done N iterations, avg Xs each" (the last run's). */
+  avgIterS?: number;
+  /** "Test took Xs for slot setup + ..." (the last run's). */
+  slotSetupS?: number;
+}
+
+/** The figures of every phase in a memslot_perf_test output (C or port), in the order printed. */
+export function parsePerfFigures(output: string): PerfFigures[] {
+  const out: PerfFigures[] = [];
+  let cur: PerfFigures | undefined;
+  for (const raw of output.split('\n')) {
+    const line = raw.replace(/^#\s?/, '').trim();
+    let m = /^Testing (.+?) performance with \d+ runs?, [\d.]+ seconds? each/.exec(line);
+    if (m) {
+      cur = { phase: m[1]! };
+      out.push(cur);
+      continue;
+    }
+    if (!cur) continue;
+    if ((m = /^Best runtime result was ([\d.]+)s per iteration \(with (\d+) iterations\)/.exec(line))) {
+      cur.bestIterS = Number(m[1]);
+      cur.bestIterations = Number(m[2]);
+    } else if ((m = /^Done (\d+) iterations, avg ([\d.]+)s each/.exec(line))) cur.avgIterS = Number(m[2]);
+    else if ((m = /^Test took ([\d.]+)s for slot setup/.exec(line))) cur.slotSetupS = Number(m[1]);
+  }
+  return out;
+}
+
+/** One row of the figures table: a phase, the C builds' best per-iteration times and the port's. */
+export interface PerfRow {
+  phase: string;
+  /** Per C build ('6.12', '7.3'): best seconds per iteration and iterations, if the run printed them. */
+  c: Record<string, { iterS: number; iterations: number } | undefined>;
+  port: { iterS: number; iterations: number } | undefined;
+}
+
+/** The best (least) per-iteration time among a phase's figures: several runs' outputs may be concatenated. */
+function best(fs: PerfFigures[], phase: string): { iterS: number; iterations: number } | undefined {
+  let b: { iterS: number; iterations: number } | undefined;
+  for (const f of fs) {
+    if (f.phase !== phase || f.bestIterS === undefined) continue;
+    if (b === undefined || f.bestIterS < b.iterS) b = { iterS: f.bestIterS, iterations: f.bestIterations ?? 0 };
+  }
+  return b;
+}
+
+/**
+ * Phases in the order of the port's output, then any the C runs printed that
+ * the port did not. An output may hold several runs (concatenated): each
+ * phase then shows its best run, as the C test's own "Best runtime result".
+ */
+export function perfRows(cOutputs: Record<string, string | undefined>, portOutput: string | undefined): PerfRow[] {
+  const c = Object.fromEntries(Object.entries(cOutputs).map(([b, o]) => [b, o === undefined ? [] : parsePerfFigures(o)]));
+  const port = portOutput === undefined ? [] : parsePerfFigures(portOutput);
+  const phases = [...new Set([...port.map((f) => f.phase), ...Object.values(c).flatMap((fs) => fs.map((f) => f.phase))])];
+  return phases.map((phase) => ({
+    phase,
+    c: Object.fromEntries(Object.entries(c).map(([b, fs]) => [b, best(fs, phase)])),
+    port: best(port, phase),
+  }));
+}
+
+const perIter = (v: { iterS: number; iterations: number } | undefined): string =>
+  v === undefined ? '—' : `${(v.iterS * 1000).toFixed(v.iterS < 0.01 ? 3 : 2)} ms (${v.iterations})`;
+
+/** Columns: phase, each build's C figure, the port's, and port/C against each build. */
+export function perfCells(rows: PerfRow[], builds: readonly string[]): string[][] {
+  const head = ['phase', ...builds.map((b) => `C ${b} best/iteration (n)`), 'port best/iteration (n)', ...builds.map((b) => `port/C ${b}`)];
+  const body = rows.map((r) => [
+    r.phase,
+    ...builds.map((b) => perIter(r.c[b])),
+    perIter(r.port),
+    ...builds.map((b) => (r.c[b] && r.port && r.c[b]!.iterS > 0 ? `${(r.port.iterS / r.c[b]!.iterS).toFixed(2)}x` : '—')),
+  ]);
+  return [head, ...body];
+}
+
+export function renderPerfMarkdown(rows: PerfRow[], builds: readonly string[]): string {
+  const [head, ...body] = perfCells(rows, builds);
+  return [`| ${head!.join(' | ')} |`, `| ${head!.map(() => '---').join(' | ')} |`, ...body.map((c) => `| ${c.join(' | ')} |`)].join('\n');
+}
+
+export function renderPerfText(rows: PerfRow[], builds: readonly string[]): string {
+  const cells = perfCells(rows, builds);
+  const widths = cells[0]!.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
+  return cells.map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]!))).join('  ')).join('\n');
+}
