@@ -4,15 +4,24 @@
 // arguments are still type-checked by the addon, so misuse cannot crash the
 // process. Errors are KvmError with every field that was sent.
 import { withRequest as call } from '../errors.js';
-import { nodeList, type U64Input } from '../args.js';
+import { argError, nodeList, type U64Input } from '../args.js';
 import { type FstatResult, native } from './native.js';
 import { type ProbeAccess, probeArgs, probeResult, type ProbeResult } from './probe.js';
 import { FdResource } from './resource.js';
 
 type FdLike = number | { readonly fd: number };
 
+// Every raw call copies its struct's fields before it reads the fd: a getter
+// that closes the object (and a new fd that takes its number) must not send
+// the ioctl to another object.
 function fdOf(f: FdLike): number {
   return typeof f === 'number' ? f : f.fd;
+}
+
+/** `o` itself when it is an object (the kernel's struct as named fields), else a coded TypeError. */
+function struct<T>(o: T, fn: string): T {
+  if (o === null || typeof o !== 'object') throw argError(`${fn}: expected an object of fields, got ${o === null ? 'null' : typeof o}`, 'ERR_INVALID_ARG_TYPE');
+  return o;
 }
 
 export interface RawRegion {
@@ -33,39 +42,43 @@ export class RawFd extends FdResource {
 }
 
 export function setUserMemoryRegion2(vm: FdLike, r: RawRegion): void {
+  const { slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd } = struct(r, 'raw.setUserMemoryRegion2');
   const fd = fdOf(vm);
   call(
     {
-      slot: r.slot,
-      flags: r.flags,
-      guest_phys_addr: r.guestPhysAddr,
-      memory_size: r.memorySize,
-      userspace_addr: r.userspaceAddr,
-      guest_memfd_offset: r.guestMemfdOffset,
-      guest_memfd: r.guestMemfd,
+      slot,
+      flags,
+      guest_phys_addr: guestPhysAddr,
+      memory_size: memorySize,
+      userspace_addr: userspaceAddr,
+      guest_memfd_offset: guestMemfdOffset,
+      guest_memfd: guestMemfd,
     },
-    () => native.setUserMemoryRegion2(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr, r.guestMemfdOffset, r.guestMemfd),
+    () => native.setUserMemoryRegion2(fd, slot, flags, guestPhysAddr, memorySize, userspaceAddr, guestMemfdOffset, guestMemfd),
   );
 }
 
 /** KVM_SET_USER_MEMORY_REGION (v1, the selftests' vm_set_user_memory_region()): no guest_memfd fields. */
 export function setUserMemoryRegion(vm: FdLike, r: Omit<RawRegion, 'guestMemfdOffset' | 'guestMemfd'>): void {
+  const { slot, flags, guestPhysAddr, memorySize, userspaceAddr } = struct(r, 'raw.setUserMemoryRegion');
   const fd = fdOf(vm);
-  call({ slot: r.slot, flags: r.flags, guest_phys_addr: r.guestPhysAddr, memory_size: r.memorySize, userspace_addr: r.userspaceAddr }, () =>
-    native.setUserMemoryRegion(fd, r.slot, r.flags, r.guestPhysAddr, r.memorySize, r.userspaceAddr),
+  call({ slot, flags, guest_phys_addr: guestPhysAddr, memory_size: memorySize, userspace_addr: userspaceAddr }, () =>
+    native.setUserMemoryRegion(fd, slot, flags, guestPhysAddr, memorySize, userspaceAddr),
   );
 }
 
 export function setMemoryAttributes(vm: FdLike, a: { address: U64Input; size: U64Input; attributes: U64Input; flags?: U64Input }): void {
+  const { address, size, attributes, flags: f } = struct(a, 'raw.setMemoryAttributes');
+  const flags = f ?? 0;
   const fd = fdOf(vm);
-  const flags = a.flags ?? 0;
-  call({ address: a.address, size: a.size, attributes: a.attributes, flags }, () => native.setMemoryAttributes(fd, a.address, a.size, a.attributes, flags));
+  call({ address, size, attributes, flags }, () => native.setMemoryAttributes(fd, address, size, attributes, flags));
 }
 
 export function createGuestMemfd(vm: FdLike, c: { size: U64Input; flags?: U64Input }): RawFd {
+  const { size, flags: f } = struct(c, 'raw.createGuestMemfd');
+  const flags = f ?? 0;
   const fd = fdOf(vm);
-  const flags = c.flags ?? 0;
-  return new RawFd(call({ size: c.size, flags }, () => native.createGuestMemfd(fd, c.size, flags)));
+  return new RawFd(call({ size, flags }, () => native.createGuestMemfd(fd, size, flags)));
 }
 
 export function createVm(kvm: FdLike, type: number): RawFd {
@@ -79,8 +92,10 @@ export function checkExtension(f: FdLike, cap: number): number {
 }
 
 export function enableCap(f: FdLike, cap: number, args: U64Input[] = [], flags = 0): void {
+  // A copy (its elements read once, here); a non-array goes to the addon, which refuses it.
+  const a = Array.isArray(args) ? args.slice() : args;
   const fd = fdOf(f);
-  call({ cap, flags, args: args.join(',') }, () => native.enableCap(fd, cap, flags, args));
+  call({ cap, flags, args: Array.isArray(a) ? a.map(String).join(',') : typeof a }, () => native.enableCap(fd, cap, flags, a));
 }
 
 /** KVM_SET_NR_MMU_PAGES on a VM fd: the shadow MMU's page budget (set_memory_region_test's vm_set_nr_mmu_pages). */

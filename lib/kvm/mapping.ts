@@ -310,6 +310,7 @@ function mmapOptions(
   o: { length: U64Input; fd?: number; offset?: U64Input; prot?: number; flags?: number },
   fn: string,
 ): { len: number; fd: number; offset: bigint; prot: number; flags: number } {
+  if (o === null || typeof o !== 'object') throw argError(`${fn}: options must be an object, got ${o === null ? 'null' : typeof o}`, 'ERR_INVALID_ARG_TYPE');
   const len = mappingLength(o.length, `${fn}: length`);
   const fd = o.fd ?? -1;
   const offset = toU64(o.offset ?? 0, `${fn}: offset`);
