@@ -23,8 +23,8 @@ export interface AssembleResult {
   bytes: Uint8Array;
   /** label -> guest address */
   labels: Map<string, bigint>;
-  /** one line per instruction: address, bytes, Intel-syntax text */
-  listing: string;
+  /** one line per instruction: address, bytes, Intel-syntax text (formatted when first read) */
+  readonly listing: string;
 }
 
 /** Data lines show at most this many bytes in the listing. */
@@ -82,7 +82,8 @@ function layout(items: readonly Item[], origin: bigint): { addrs: bigint[]; labe
 
 interface Line {
   addr: bigint;
-  bytes: Uint8Array;
+  /** The item's bytes as emitted (not copied: only the listing reads them). */
+  bytes: ArrayLike<number>;
   text: string;
   data: boolean;
 }
@@ -104,7 +105,7 @@ export function assembleItems(items: readonly Item[], origin: bigint, addressBit
     switch (it.kind) {
       case 'label':
       case 'code':
-        lines.push({ addr, bytes: new Uint8Array(0), text: it.kind === 'label' ? `${it.name}:` : `.code${it.bits}`, data: true });
+        lines.push({ addr, bytes: NO_BYTES, text: it.kind === 'label' ? `${it.name}:` : `.code${it.bits}`, data: true });
         return;
       case 'raw':
         out = it.bytes;
@@ -143,13 +144,25 @@ export function assembleItems(items: readonly Item[], origin: bigint, addressBit
     bytes.set(out, Number(addr - origin));
     // Data (db/dw/dd/dq, align) does not widen the bytes column; instructions do.
     const data = it.kind === 'raw' || it.kind === 'align' || (it.kind === 'insn' && it.insn.head.length === 0);
-    lines.push({ addr, bytes: Uint8Array.from(out), text: it.kind === 'insn' ? it.insn.text : it.text, data });
+    lines.push({ addr, bytes: out, text: it.kind === 'insn' ? it.insn.text : it.text, data });
   });
 
-  return { bytes, labels, listing: formatListing(lines) };
+  // The listing is text for a person (a failed test prints it): formatted on
+  // first read, not on every assemble (a guest is assembled per test, and
+  // under QEMU TCG formatting took as long as encoding).
+  let listing: string | undefined;
+  return {
+    bytes,
+    labels,
+    get listing(): string {
+      return (listing ??= formatListing(lines));
+    },
+  };
 }
 
-const hexBytes = (b: Uint8Array): string => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
+const NO_BYTES: ArrayLike<number> = [];
+
+const hexBytes = (b: ArrayLike<number>): string => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
 
 /**
  * "0000000000001000  b8 2a 00 00 00   mov eax, 0x2a": the bytes column is as
@@ -165,7 +178,7 @@ function formatListing(lines: readonly Line[]): string {
   return lines
     .map((l) => {
       let b = hexBytes(l.bytes);
-      if (b.length > width) b = `${hexBytes(l.bytes.subarray(0, Math.floor((width - 3) / 3)))} ...`;
+      if (b.length > width) b = `${hexBytes(Array.prototype.slice.call(l.bytes, 0, Math.floor((width - 3) / 3)) as number[])} ...`;
       return `${l.addr.toString(16).padStart(16, '0')}  ${b.padEnd(width)}   ${l.text}`;
     })
     .join('\n');
