@@ -198,6 +198,25 @@ describe('port KTAP', () => {
     expect(classifyPort(run('Error: boom\n', 1)).text).toBe('fail (exit 1, no KTAP result)');
     expect(classifyPort(undefined)).toMatchObject({ kind: 'missing', text: 'no port yet' });
   });
+
+  test("a failed test whose error names another check of its test stands for that check (memslot_perf_test's SIGALRM)", () => {
+    const out = [
+      'TAP version 13',
+      '1..2',
+      'ok 1 MP-6 4: move inactive area',
+      '# Testing RW performance with 1 runs, 1 seconds each',
+      '# MP-7 5: RW (host and guest write and check every page of 512 MiB in turn), 1 run(s) of 1 s: Error: MP-4 the guest did not answer the host within 10 s (the C test dies of SIGALRM, exit 142) in the RW test, iteration 1',
+      '#     at testExecute (file:///x.js:754:23)',
+      'not ok 2 MP-7 5: RW (host and guest write and check every page of 512 MiB in turn), 1 run(s) of 1 s',
+    ].join('\n');
+    const p = classifyPort(run(out, 1));
+    expect(p).toMatchObject({ kind: 'fail', failed: ['MP-4'], text: 'fail MP-4' });
+    const c = classifyC('memslot_perf_test', run('Testing RW performance with 1 runs, 1 seconds each\n', null, { signal: 'SIGALRM' }));
+    expect(c.check).toBe('MP-4');
+    expect(agreement(c, p)).toBe('agree');
+    // Another family in the error is not taken: the test's own ID stays.
+    expect(classifyPort(run(out.replace('Error: MP-4', 'Error: GM-4'), 1)).failed).toEqual(['MP-7']);
+  });
 });
 
 describe('agreement and the table', () => {

@@ -440,11 +440,19 @@ export function classifyC(test: string, r: RunRecord | undefined, enclosing?: (f
 
 /**
  * The check IDs a failed port test stands for: its name's ID, or, when that is a range (PF-1..PF-6), the IDs within
- * it that its diagnostic names ("PF-5 kernel defect: ...").
+ * it that its diagnostic names ("PF-5 kernel defect: ..."), or the check of the same test its error names first
+ * (memslot_perf_test's RW test, MP-7, failing "Error: MP-4 the guest did not answer ...": the C test's SIGALRM).
  */
 export function failedIds(t: KtapTest): string[] {
   const id = t.id ?? `#${t.n}`;
-  if (!t.id?.includes('..')) return [id];
+  if (!t.id?.includes('..')) {
+    const fam = t.id?.slice(0, 3);
+    for (const d of t.diagnostic) {
+      const m = /\bError: ([A-Z]{2}-[SG]?\d+[a-z]?'?)\s/.exec(d);
+      if (m && fam !== undefined && m[1]!.startsWith(fam)) return [m[1]!];
+    }
+    return [id];
+  }
   const named = new Set<string>();
   for (const d of t.diagnostic) {
     for (const m of d.matchAll(/(?<!\.\.)\b([A-Z]{2}-[SG]?\d+[a-z]?'?)(?!\.\.)\b/g))
