@@ -3,7 +3,7 @@
 // /dev/kvm and no built C tests needed. The bench itself runs with
 // `npm run bench:selftests` (docs/BENCHMARKS.md).
 import { describe, expect, test } from 'vitest';
-import { buildFor, makeRow, median, outcome, parseArgs, renderTable, suiteFileTimes } from '../tools/bench/selftests.js';
+import { benchArgs, buildFor, makeRow, median, outcome, parseArgs, renderTable, suiteFileTimes } from '../tools/bench/selftests.js';
 import type { RunRecord } from '../tools/selftests-c/parse.js';
 
 const run = (wallMs: number, exitCode: number | null = 0, timedOut = false): RunRecord => ({
@@ -31,6 +31,12 @@ describe('bench:selftests', () => {
     expect(buildFor('6.12.117')).toBe('6.12');
     expect(buildFor('6.18.0-pvm')).toBe('7.3');
     expect(buildFor('7.3.4')).toBe('7.3');
+  });
+
+  test("both sides' arguments: the comparison's, and -t 120 for memslot_perf_test where the C build has -t", () => {
+    expect(benchArgs('memslot_perf_test', '7.3')).toEqual(['-l', '1', '-s', '1024', '-t', '120']);
+    expect(benchArgs('memslot_perf_test', '6.12')).toEqual(['-l', '1', '-s', '1024']);
+    expect(benchArgs('guest_memfd_test', '7.3')).toEqual([]);
   });
 
   test('median and outcome', () => {

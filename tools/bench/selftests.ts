@@ -72,6 +72,18 @@ export function buildFor(kernelRelease: string): SourceSeries {
   return maj > 6 || (maj === 6 && min > 12) ? '7.3' : '6.12';
 }
 
+/**
+ * The arguments both sides of a test get: the comparison's (TEST_ARGS,
+ * TCG-sized), and for memslot_perf_test with the 7.3 build its `-t 120` too,
+ * so that the RW test's host wait (10 s by default, which the guest misses
+ * under QEMU TCG) does not end either side; the 6.12 build has no -t.
+ */
+export function benchArgs(test: string, build: SourceSeries): string[] {
+  const args = [...(TEST_ARGS[test] ?? [])];
+  if (test === 'memslot_perf_test' && build === '7.3') args.push('-t', '120');
+  return args;
+}
+
 export const median = (xs: readonly number[]): number => {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
@@ -184,7 +196,7 @@ async function bench(o: Options): Promise<BenchResult> {
   if (!existsSync(bins)) throw new Error(`no C selftests built for ${build} in ${cacheRoot()}: run npm run selftest:c:build first`);
   if (!existsSync('/dev/kvm')) throw new Error('no /dev/kvm here: every run would skip (run it in a test VM: --testvm 7.3)');
   // Both sides get the same memslot_perf_test arguments (TCG-sized); the suite reads them from here.
-  process.env.MEMSLOT_PERF_TEST_ARGS = (TEST_ARGS.memslot_perf_test ?? []).join(' ');
+  process.env.MEMSLOT_PERF_TEST_ARGS = benchArgs('memslot_perf_test', build).join(' ');
   const tests = o.tests.filter((t) => existsSync(path.join(bins, t)));
   const c = new Map<string, RunRecord[]>(tests.map((t) => [t, []]));
   const port = new Map<string, RunRecord[]>(tests.map((t) => [t, []]));
@@ -193,7 +205,7 @@ async function bench(o: Options): Promise<BenchResult> {
   const say = (s: string): void => void process.stderr.write(`[bench:selftests] ${s}\n`);
   for (let round = 0; round < o.rounds; round++) {
     for (const t of tests) {
-      const args = TEST_ARGS[t] ?? [];
+      const args = benchArgs(t, build);
       const runC = async (): Promise<void> => void c.get(t)!.push(await runWithTimeout([path.join(bins, t), ...args], o.timeoutS, '/tmp'));
       const runPort = async (): Promise<void> =>
         void port.get(t)!.push(await runWithTimeout([process.execPath, path.join(root, 'dist', 'selftests', `${t}.js`), ...args], o.timeoutS, root));
