@@ -3,7 +3,8 @@
 // /dev/kvm and no built C tests needed. The bench itself runs with
 // `npm run bench:selftests` (docs/BENCHMARKS.md).
 import { describe, expect, test } from 'vitest';
-import { benchArgs, buildFor, makeRow, median, outcome, parseArgs, renderTable, suiteFileTimes } from '../tools/bench/selftests.js';
+import { benchArgs, buildFor, makeRow, outcome, parseArgs, renderTable, suiteFileTimes } from '../tools/bench/selftests.js';
+import { median } from '../tools/bench/stats.js';
 import type { RunRecord } from '../tools/selftests-c/parse.js';
 
 const run = (wallMs: number, exitCode: number | null = 0, timedOut = false): RunRecord => ({

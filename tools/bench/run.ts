@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kvm } from './api.js';
 import * as cases from './cases.js';
+import { median } from './stats.js';
 
 interface Case {
   name: string;
@@ -127,12 +128,6 @@ function runTwinOnce(c: Case): { nsPerOp: number; points: [number, number][] } {
   const j = JSON.parse(out.trim().split('\n').pop() as string) as { ns_per_op: number; points: [number, number][] };
   return { nsPerOp: j.ns_per_op, points: j.points };
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 interface Row {
   name: string;

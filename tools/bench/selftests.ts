@@ -13,8 +13,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ALL_TESTS, cacheRoot, repoRoot, runWithTimeout, type SourceSeries, seriesDirs, TEST_ARGS } from '../selftests-c/common.js';
-import { type PerfRow, perfRows, renderPerfText, type RunRecord } from '../selftests-c/parse.js';
+import { ALL_TESTS, cacheRoot, repoRoot, runWithTimeout, type SourceSeries, seriesDirs, TEST_ARGS, testName } from '../selftests-c/common.js';
+import { type PerfRow, perfRows, renderPerfText, type RunRecord, textTable } from '../selftests-c/parse.js';
+import { median } from './stats.js';
 
 const USAGE = `usage: selftests.js [--rounds N] [--test NAME]... [--build 6.12|7.3] [--timeout S] [--json FILE] [--testvm KERNEL]
   Runs each C selftest and its TypeScript port N times (default 3) side by side, then the suite in one process,
@@ -43,11 +44,8 @@ export function parseArgs(argv: string[]): Options {
       return v;
     };
     if (a === '--rounds') o.rounds = Number(value());
-    else if (a === '--test') {
-      const t = value();
-      if (!(ALL_TESTS as readonly string[]).includes(t)) throw new Error(`--test takes one of ${ALL_TESTS.join(', ')}, got ${t}`);
-      o.tests.push(t);
-    } else if (a === '--build') {
+    else if (a === '--test') o.tests.push(testName(value()));
+    else if (a === '--build') {
       const b = value();
       if (b !== '6.12' && b !== '7.3') throw new Error(`--build takes 6.12 or 7.3, got ${b}`);
       o.build = b;
@@ -83,13 +81,6 @@ export function benchArgs(test: string, build: SourceSeries): string[] {
   if (test === 'memslot_perf_test' && build === '7.3') args.push('-t', '120');
   return args;
 }
-
-export const median = (xs: readonly number[]): number => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 /** pass / skip / fail (exit N) / hang, from a run's record. */
 export function outcome(r: RunRecord): string {
@@ -175,16 +166,8 @@ export function renderTable(res: BenchResult): string {
   ]);
   const t = res.totals;
   rows.push(['total', f(t.cS), f(t.portS), x(t.portS / t.cS), `${f(t.suiteS)} ${t.suiteOutcome}`, x(t.suiteS / t.cS), f(t.suiteS - t.cS), '']);
-  const cells = [head, ...rows];
-  const widths = head.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
-  const lines = cells.map((c) =>
-    c
-      .map((v, i) => v.padEnd(widths[i]!))
-      .join('  ')
-      .trimEnd(),
-  );
   return [
-    ...lines,
+    textTable(head, rows),
     `(medians of ${res.rounds} rounds; "in suite" is the file's time in one \`kvm-gmem selftest\` process, whose total includes Node's start-up and module load once: ${f(t.nodeStartS)})`,
   ].join('\n');
 }

@@ -59,6 +59,12 @@ export const ALL_TESTS = [
   'memslot_perf_test',
 ] as const;
 
+/** `name` when it is one of ALL_TESTS, else an error for the option `option` that lists them. */
+export function testName(name: string, option = '--test'): string {
+  if (!(ALL_TESTS as readonly string[]).includes(name)) throw new Error(`${option} takes one of ${ALL_TESTS.join(', ')}, got ${name}`);
+  return name;
+}
+
 export const SOURCE_RECIPES: Readonly<Record<SourceSeries, SourceRecipe>> = {
   '6.12': {
     series: '6.12',

@@ -21,6 +21,7 @@ import {
   type SourceSeries,
   seriesDirs,
   TEST_ARGS,
+  testName,
   X86_TESTS,
 } from './common.js';
 import {
@@ -72,11 +73,8 @@ function parseArgs(argv: string[]): Options {
       if (!(KERNELS as readonly string[]).includes(k)) throw new Error(`--kernel takes ${KERNELS.join(', ')}, got ${k}`);
       o.kernels.push(k);
     } else if (a === '--timeout') o.timeoutS = Number(value());
-    else if (a === '--test') {
-      const t = value();
-      if (!(ALL_TESTS as readonly string[]).includes(t)) throw new Error(`--test takes one of ${ALL_TESTS.join(', ')}, got ${t}`);
-      o.tests.push(t);
-    } else if (a === '--out') o.out = value();
+    else if (a === '--test') o.tests.push(testName(value()));
+    else if (a === '--out') o.out = value();
     else if (a === '--rerender') o.rerender = true;
     else if (a === '-h' || a === '--help') {
       process.stdout.write(`${USAGE}\n`);

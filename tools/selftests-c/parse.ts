@@ -2,6 +2,7 @@
 // the ports' KTAP, the mapping of a C failure to a check ID of
 // shared/selftests/CHECKS.md, the agreement of the two, and the table.
 // No I/O here (test/selftests-compare.test.ts runs it without /dev/kvm).
+import { alignColumns } from '../../lib/cli/output.js';
 
 /** One finished (or killed) process, as the in-VM runner records it. */
 export interface RunRecord {
@@ -633,17 +634,23 @@ export function rowCells(r: Row): string[] {
 
 const mdEscape = (s: string): string => s.replace(/\|/g, '\\|');
 
-export function renderMarkdown(rows: Row[]): string {
-  const out = [`| ${COLUMNS.join(' | ')} |`, `| ${COLUMNS.map(() => '---').join(' | ')} |`];
-  for (const r of rows) out.push(`| ${rowCells(r).map(mdEscape).join(' | ')} |`);
-  return out.join('\n');
+/** A Markdown table: the head, its separator, a line per row (cells' `|` escaped). */
+export function markdownTable(head: readonly string[], body: readonly (readonly string[])[]): string {
+  const line = (cells: readonly string[]): string => `| ${cells.map(mdEscape).join(' | ')} |`;
+  return [line(head), `| ${head.map(() => '---').join(' | ')} |`, ...body.map(line)].join('\n');
 }
 
-/** A plain-text table for the terminal (columns padded; long result texts are not cut). */
+/** A plain-text table for the terminal (columns padded, as the CLI's tables; long result texts are not cut). */
+export function textTable(head: readonly string[], body: readonly (readonly string[])[]): string {
+  return alignColumns([[...head], ...body.map((r) => [...r])]).join('\n');
+}
+
+export function renderMarkdown(rows: Row[]): string {
+  return markdownTable(COLUMNS, rows.map(rowCells));
+}
+
 export function renderText(rows: Row[]): string {
-  const cells = [COLUMNS, ...rows.map(rowCells)];
-  const widths = COLUMNS.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
-  return cells.map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]!))).join('  ')).join('\n');
+  return textTable(COLUMNS, rows.map(rowCells));
 }
 
 // ---------------------------------------------------------------------------
@@ -723,7 +730,7 @@ const perIter = (v: { iterS: number; iterations: number } | undefined): string =
   v === undefined ? '—' : `${(v.iterS * 1000).toFixed(v.iterS < 0.01 ? 3 : 2)} ms (${v.iterations})`;
 
 /** Columns: phase, each build's C figure, the port's, and port/C against each build. */
-export function perfCells(rows: PerfRow[], builds: readonly string[]): string[][] {
+export function perfCells(rows: PerfRow[], builds: readonly string[]): { head: string[]; body: string[][] } {
   const head = ['phase', ...builds.map((b) => `C ${b} best/iteration (n)`), 'port best/iteration (n)', ...builds.map((b) => `port/C ${b}`)];
   const body = rows.map((r) => [
     r.phase,
@@ -731,16 +738,15 @@ export function perfCells(rows: PerfRow[], builds: readonly string[]): string[][
     perIter(r.port),
     ...builds.map((b) => (r.c[b] && r.port && r.c[b]!.iterS > 0 ? `${(r.port.iterS / r.c[b]!.iterS).toFixed(2)}x` : '—')),
   ]);
-  return [head, ...body];
+  return { head, body };
 }
 
 export function renderPerfMarkdown(rows: PerfRow[], builds: readonly string[]): string {
-  const [head, ...body] = perfCells(rows, builds);
-  return [`| ${head!.join(' | ')} |`, `| ${head!.map(() => '---').join(' | ')} |`, ...body.map((c) => `| ${c.join(' | ')} |`)].join('\n');
+  const { head, body } = perfCells(rows, builds);
+  return markdownTable(head, body);
 }
 
 export function renderPerfText(rows: PerfRow[], builds: readonly string[]): string {
-  const cells = perfCells(rows, builds);
-  const widths = cells[0]!.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
-  return cells.map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]!))).join('  ')).join('\n');
+  const { head, body } = perfCells(rows, builds);
+  return textTable(head, body);
 }
