@@ -101,9 +101,14 @@ export function retryOnEintr<T>(f: () => T): T {
     try {
       return f();
     } catch (e) {
-      if (!(e instanceof KvmError) || e.code !== 'EINTR') throw e;
+      if (!isEintr(e)) throw e;
     }
   }
+}
+
+/** Whether `e` is the kernel's EINTR (a call a pending signal cut short). */
+export function isEintr(e: unknown): boolean {
+  return e instanceof KvmError && e.code === 'EINTR';
 }
 
 /**

@@ -3,7 +3,7 @@
 // (KEEP_SIZE) or discards (PUNCH_HOLE|KEEP_SIZE) pages; with the MMAP flag
 // (6.18+) the file can be mapped, and with INIT_SHARED its pages start shared
 // so the mapping is usable.
-import { GuestMemfdRuleError, KvmError } from '../errors.js';
+import { GuestMemfdRuleError, isEintr, KvmError } from '../errors.js';
 import { disownMapping, Mapping } from './mapping.js';
 import type { GuestMemfdInfo, SlotEntry } from '../model/memslot-table.js';
 import { native } from '../binding/native.js';
@@ -165,8 +165,6 @@ function fallocateMode(mode: number): string {
 
 const FALLOC_PAGE = 4096n;
 const FALLOC_FIRST_CHUNK = 2n << 20n;
-
-const isEintr = (e: unknown): boolean => e instanceof KvmError && e.code === 'EINTR';
 
 /**
  * fallocate(2) of a judged request, repeated on EINTR until it completes.
