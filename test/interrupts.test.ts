@@ -17,20 +17,25 @@ function timers(): string[] {
     .filter((l) => l.startsWith('ID:'));
 }
 
+/** fn throws under the timer: the very error comes out of withInterrupts. */
+function expectThrowPassesThrough(): void {
+  const boom = new RangeError('from fn');
+  expect(
+    thrown(() =>
+      raw.withInterrupts(5000, () => {
+        throw boom;
+      }),
+    ),
+  ).toBe(boom);
+}
+
 describe('raw.withInterrupts', () => {
   test("returns fn's value", () => {
     expect(raw.withInterrupts(1000, () => 42)).toBe(42);
   });
 
   test("fn's error comes back unchanged", () => {
-    const boom = new RangeError('from fn');
-    expect(
-      thrown(() =>
-        raw.withInterrupts(5000, () => {
-          throw boom;
-        }),
-      ),
-    ).toBe(boom);
+    expectThrowPassesThrough();
   });
 
   procTimers.test('its timer signals this thread and is gone afterwards', () => {
@@ -50,14 +55,7 @@ describe('raw.withInterrupts', () => {
 
   procTimers.test('a throw from fn deletes the timer too', () => {
     const before = timers().length;
-    const boom = new RangeError('from fn');
-    expect(
-      thrown(() =>
-        raw.withInterrupts(5000, () => {
-          throw boom;
-        }),
-      ),
-    ).toBe(boom);
+    expectThrowPassesThrough();
     expect(timers().length).toBe(before);
   });
 

@@ -2182,8 +2182,10 @@ function rawOp(c: Ctx): Call | null {
       const k = anyOf(c, st.kvms);
       const us = r.pick<unknown>([1000, 1000, 2000, 1_000_000, 0, 999, 1_000_001, -1, 1.5, 'x', null, 5n]);
       const body = r.pick(['createVm', 'nothing', 'not a function'] as const);
-      const fn = body === 'createVm' && k !== null ? () => k.createVm().close() : body === 'not a function' ? (7 as unknown as () => void) : () => undefined;
-      const what = body === 'createVm' && k !== null ? `${st.name(k)}.createVm().close()` : body;
+      const [fn, what]: [() => void, string] =
+        body === 'createVm' && k !== null
+          ? [() => k.createVm().close(), `${st.name(k)}.createVm().close()`]
+          : [body === 'not a function' ? (7 as unknown as () => void) : () => undefined, body];
       return call('raw.withInterrupts', `raw.withInterrupts(${show(us)}, ${what})`, () => raw.withInterrupts(us as number, fn));
     }
     case 'fallocate': {
