@@ -259,6 +259,36 @@ static void RunSyncUnbind(const Napi::CallbackInfo& info) {
   ReleaseBoundRun(info.Env(), static_cast<BoundRun*>(p));
 }
 
+// MMIO writes a run resumes on its own thread instead of returning: the
+// exit is a write of `len` bytes inside [first, last]. Re-entering KVM_RUN
+// completes the write (the data is dropped), as a VMM's vCPU thread does for
+// an access it ignores; the guest then goes on without waiting for the
+// JavaScript thread (memslot_perf_test's vCPU runs this way in C).
+struct RunResult {
+  int r;
+  int err;
+  uint64_t resumed;
+};
+
+struct MmioResume {
+  bool on = false;
+  uint64_t first = 0;
+  uint64_t last = 0;
+  uint32_t len = 0;
+
+  bool Matches(const kvm_run* run) const {
+    if (!on || run->exit_reason != KVM_EXIT_MMIO || !run->mmio.is_write || run->mmio.len != len) return false;
+    uint64_t a = run->mmio.phys_addr;
+    return a >= first && a <= last && last - a >= len - 1;
+  }
+};
+
+static int64_t MonotonicMs() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
+}
+
 // A thread that runs KVM_RUN for one vCPU on request. A run's deadline is
 // a timer of this thread (CLOCK_MONOTONIC, kicking it with SIG_KICK), so it
 // holds even while the event loop is blocked, and never fires early.
@@ -275,6 +305,8 @@ struct Runner {
   std::condition_variable cv;
   bool pending = false;    // a run was requested
   int32_t timeoutMs = -1;  // its deadline: -1 none, 0 at once
+  MmioResume resume;       // the MMIO writes that run resumes on this thread
+  uint64_t resumed = 0;    // how many the last finished run resumed (JavaScript thread only)
   pid_t tid = -1;          // the thread's id, for the kick handler's table
   bool stop = false;
   bool unpinned = false;
@@ -308,6 +340,24 @@ struct Runner {
     return r;
   }
 
+  // RunOnce, resuming the MMIO writes `f` matches; `ms` bounds the whole
+  // run. A kick stays in immediate_exit until the run ends, so it also cuts
+  // a resumed KVM_RUN short. Past the deadline, the last write is completed
+  // by a KVM_RUN with immediate_exit (RunOnce(0)) and the run ends in -ETIME.
+  int RunResuming(int32_t ms, const MmioResume& f, uint64_t* count, timer_t* timer, bool* haveTimer, int* err) {
+    int64_t end = ms > 0 ? MonotonicMs() + ms : 0;
+    int32_t left = ms;
+    for (;;) {
+      int r = RunOnce(left, timer, haveTimer, err);
+      if (r != 0 || !f.Matches(run) || left == 0) return r;
+      ++*count;
+      if (ms > 0) {
+        int64_t rest = end - MonotonicMs();
+        left = rest > 0 ? static_cast<int32_t>(rest) : 0;
+      }
+    }
+  }
+
   void Loop() {
     tid = Gettid();
     timer_t timer{};
@@ -315,6 +365,7 @@ struct Runner {
     for (;;) {
       bool stopping;
       int32_t ms;
+      MmioResume f;
       {
         std::unique_lock<std::mutex> lk(mu);
         cv.wait(lk, [&] { return pending || stop; });
@@ -322,11 +373,13 @@ struct Runner {
         pending = false;
         stopping = stop;
         ms = timeoutMs;
+        f = resume;
       }
       // A run requested just before the runner was stopped still settles
       // its promise (as an interrupted run) instead of staying pending.
       int err = 0;
-      int r = stopping ? -EINTR : RunOnce(ms, &timer, &haveTimer, &err);
+      uint64_t count = 0;
+      int r = stopping ? -EINTR : RunResuming(ms, f, &count, &timer, &haveTimer, &err);
       {
         // Under kickMu, so a concurrent Kick() either lands in this run
         // (and is cleared here) or sees the run finished and does nothing:
@@ -335,9 +388,10 @@ struct Runner {
         inFlight.store(false);
         __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
       }
-      auto* result = new std::pair<int, int>(r, err);
-      napi_status st = done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, std::pair<int, int>* res) {
-        int rr = res->first, ee = res->second;
+      auto* result = new RunResult{r, err, count};
+      napi_status st = done.NonBlockingCall(result, [this](Napi::Env env, Napi::Function, RunResult* res) {
+        int rr = res->r, ee = res->err;
+        resumed = res->resumed;
         delete res;
         if (waiters.empty()) return;
         Napi::Promise::Deferred d = waiters.front();
@@ -460,14 +514,27 @@ static Runner* RunnerArg(const Napi::CallbackInfo& info, const char* fn) {
   return r;
 }
 
-// runnerRun(handle, timeoutMs) -> Promise<0 | -EINTR | -ETIME | -EFAULT | -EHWPOISON>
-// timeoutMs: -1 no deadline, 0 at once, else milliseconds.
+// runnerRun(handle, timeoutMs[, first, last, len]) -> Promise<0 | -EINTR | -ETIME | -EFAULT | -EHWPOISON>
+// timeoutMs: -1 no deadline, 0 at once, else milliseconds. With first, last
+// (u64, first <= last) and len (1, 2, 4 or 8), MMIO writes of len bytes in
+// [first, last] are resumed on the runner's thread (MmioResume);
+// runnerResumed() then says how many.
 static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
-  ExpectArgs(info, 2, "runnerRun");
+  ExpectArgs(info, info.Length() == 5 ? 5 : 2, "runnerRun");
   Runner* r = RunnerArg(info, "runnerRun");
   double t = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -2;
   if (!(t == -1 || (t >= 0 && t <= INT32_MAX && static_cast<int32_t>(t) == t)))
     throw ArgError(info.Env(), "runnerRun: timeoutMs must be -1 or an integer 0..2^31-1", kArgValue);
+  MmioResume f;
+  if (info.Length() == 5) {
+    f.first = U64Arg(info, 2, "runnerRun", "first");
+    f.last = U64Arg(info, 3, "runnerRun", "last");
+    double n = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : 0;
+    if (!(n == 1 || n == 2 || n == 4 || n == 8)) throw ArgError(info.Env(), "runnerRun: len must be 1, 2, 4 or 8", kArgValue);
+    if (f.first > f.last) throw ArgError(info.Env(), "runnerRun: first must not be above last", kArgValue);
+    f.len = static_cast<uint32_t>(n);
+    f.on = true;
+  }
   if (!r->waiters.empty()) throw ArgError(info.Env(), "runnerRun: this vCPU is already running", "ERR_KVM_VCPU_BUSY");
   auto d = Napi::Promise::Deferred::New(info.Env());
   r->waiters.push_back(d);
@@ -477,9 +544,17 @@ static Napi::Value RunnerRun(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lk(r->mu);
     r->pending = true;
     r->timeoutMs = static_cast<int32_t>(t);
+    r->resume = f;
   }
   r->cv.notify_one();
   return d.Promise();
+}
+
+// runnerResumed(handle) -> the MMIO writes the last finished run resumed.
+static Napi::Value RunnerResumed(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw ArgError(info.Env(), "runnerResumed: expected a runner handle");
+  Runner* r = info[0].As<Napi::External<Runner>>().Data();
+  return Napi::Number::New(info.Env(), static_cast<double>(r->resumed));
 }
 
 // runnerKick(handle): makes an in-flight run return EINTR (no-op when idle
@@ -644,6 +719,7 @@ void InitVcpu(Napi::Env env, Napi::Object exports) {
   exports.Set("runnerCreate", Napi::Function::New(env, RunnerCreate, "runnerCreate"));
   exports.Set("runnerRun", Napi::Function::New(env, RunnerRun, "runnerRun"));
   exports.Set("runnerKick", Napi::Function::New(env, RunnerKick, "runnerKick"));
+  exports.Set("runnerResumed", Napi::Function::New(env, RunnerResumed, "runnerResumed"));
   exports.Set("runnerDestroy", Napi::Function::New(env, RunnerDestroy, "runnerDestroy"));
   exports.Set("getRegs", Napi::Function::New(env, GetRegs, "getRegs"));
   exports.Set("setRegs", Napi::Function::New(env, SetRegs, "setRegs"));

@@ -101,7 +101,7 @@ describe('Guest.realMode and Guest.longMode on both memory kinds', () => {
           });
           expect(g.mode).toBe(mode);
           const r = await g.runUntilDone();
-          expect(r).toEqual({ syncs: [1], prints: [5050n], printed: [], exits: 3, conversions: [] });
+          expect(r).toEqual({ syncs: [1], prints: [5050n], printed: [], exits: 3, resumedMmioWrites: 0, conversions: [] });
           expect(u64(g.view(data, 8))).toBe(5050n);
           expect(g.memslot.gpa).toBe(0);
           expect(g.memslot.size).toBe(2 << 20);
@@ -166,7 +166,7 @@ describe('the ucall protocol', () => {
     const seen: number[] = [];
     const r = await g.runUntilDone({ onSync: (n) => void seen.push(n) });
     expect(seen).toEqual([1, 2, 3]);
-    expect(r).toEqual({ syncs: [1, 2, 3], prints: [], printed: [], exits: 4, conversions: [] });
+    expect(r).toEqual({ syncs: [1, 2, 3], prints: [], printed: [], exits: 4, resumedMmioWrites: 0, conversions: [] });
   });
 
   test('64-bit print(): immediates and registers, including the argument registers themselves', async () => {

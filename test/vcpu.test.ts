@@ -647,3 +647,135 @@ describe('KVM_PRE_FAULT_MEMORY', () => {
     expect((err as KvmError).code).toBe('ENOENT');
   });
 });
+
+describe('run({ resumeMmioWrites }): MMIO writes the vCPU thread resumes by itself', () => {
+  const RANGE = { gpa: MMIO_GPA, size: 0x1000, length: 8 } as const;
+
+  /** 100 8-byte writes inside RANGE, then one write past it, one of 4 bytes inside, one read inside, hlt. */
+  function writer(vm: Vm): Guest {
+    return longGuest(vm, (a) => {
+      a.mov('rbx', MMIO_GPA).mov('rax', 0x1122_3344_5566_7788n).mov('rcx', 0);
+      a.label('loop')
+        .mov(mem(64, 'rbx', 0xff8), 'rax')
+        .add('rcx', 1)
+        .cmp('rcx', 100)
+        .jb('loop');
+      a.mov(mem(64, 'rbx', 0x1000), 'rax');
+      a.mov(mem(32, 'rbx'), 'eax');
+      a.mov('rdx', mem(64, 'rbx'));
+      a.hlt();
+    });
+  }
+
+  /** Writes inside RANGE for ever. */
+  function endlessWriter(vm: Vm): Guest {
+    return longGuest(vm, (a) => {
+      a.mov('rbx', MMIO_GPA).label('loop').mov(mem(64, 'rbx'), 'rax').jmp('loop');
+    });
+  }
+
+  test('matching writes are resumed and counted; a write outside, of another length, or a read comes back as an exit', async () => {
+    using h = newVm();
+    using g = writer(h.vm);
+    const outside = expectKind(await g.vcpu.run({ resumeMmioWrites: RANGE }), 'mmio');
+    expect({ address: outside.address, length: outside.length, isWrite: outside.isWrite }).toEqual({
+      address: BigInt(MMIO_GPA + 0x1000),
+      length: 8,
+      isWrite: true,
+    });
+    expect(g.vcpu.resumedMmioWrites).toBe(100);
+    const short = expectKind(await g.vcpu.run({ resumeMmioWrites: RANGE }), 'mmio');
+    expect({ address: short.address, length: short.length, isWrite: short.isWrite }).toEqual({ address: BigInt(MMIO_GPA), length: 4, isWrite: true });
+    expect(g.vcpu.resumedMmioWrites).toBe(0);
+    const read = expectKind(await g.vcpu.run({ resumeMmioWrites: RANGE }), 'mmio');
+    expect({ address: read.address, isWrite: read.isWrite }).toEqual({ address: BigInt(MMIO_GPA), isWrite: false });
+    read.data.set([1, 2, 3, 4, 5, 6, 7, 8]);
+    expectKind(await g.vcpu.run({ resumeMmioWrites: RANGE }), 'hlt');
+    expect(g.vcpu.getRegs().rdx).toBe(0x0807_0605_0403_0201n);
+  });
+
+  test('without the option every write is an exit (the count stays 0)', async () => {
+    using h = newVm();
+    using g = writer(h.vm);
+    for (let i = 0; i < 3; i++) {
+      const w = expectKind(await g.vcpu.run(), 'mmio');
+      expect(w.address).toBe(BigInt(MMIO_GPA + 0xff8));
+      expect(g.vcpu.resumedMmioWrites).toBe(0);
+    }
+  });
+
+  test('the deadline holds for the whole run, and kick() and an AbortSignal end it, each after writes were resumed', async () => {
+    using h = newVm();
+    using g = endlessWriter(h.vm);
+    const timed = await g.vcpu.run({ timeoutMs: 100, resumeMmioWrites: RANGE });
+    expect(timed).toMatchObject({ kind: 'interrupted', deadline: true });
+    expect(g.vcpu.resumedMmioWrites).toBeGreaterThan(0);
+    setTimeout(() => g.vcpu.kick(), 50);
+    expect(await g.vcpu.run({ resumeMmioWrites: RANGE })).toMatchObject({ kind: 'interrupted', deadline: false });
+    expect(g.vcpu.resumedMmioWrites).toBeGreaterThan(0);
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 50);
+    expect(await g.vcpu.run({ signal: ac.signal, resumeMmioWrites: RANGE })).toMatchObject({ kind: 'interrupted', deadline: false });
+    expect(g.vcpu.resumedMmioWrites).toBeGreaterThan(0);
+  });
+
+  test('close() during a resuming run: ClosedError, the process goes on', async () => {
+    using h = newVm();
+    using g = endlessWriter(h.vm);
+    const p = g.vcpu.run({ resumeMmioWrites: RANGE });
+    await delay(30);
+    g.vcpu.close();
+    await expect(p).rejects.toBeInstanceOf(ClosedError);
+  });
+
+  test('bad ranges are coded errors before anything runs; each field is read once', async () => {
+    using h = newVm();
+    using g = writer(h.vm);
+    const bad: [unknown, string][] = [
+      [null, 'ERR_INVALID_ARG_TYPE'],
+      ['x', 'ERR_INVALID_ARG_TYPE'],
+      [{ gpa: -1, size: 8, length: 8 }, 'ERR_INVALID_ARG_VALUE'],
+      [{ gpa: 0, size: '8', length: 8 }, 'ERR_INVALID_ARG_TYPE'],
+      [{ gpa: 0, size: 8, length: 3 }, 'ERR_INVALID_ARG_VALUE'],
+      [{ gpa: 0, size: 8 }, 'ERR_INVALID_ARG_TYPE'],
+      [{ gpa: 0, size: 4, length: 8 }, 'ERR_OUT_OF_RANGE'],
+      [{ gpa: 2n ** 64n - 8n, size: 16, length: 8 }, 'ERR_OUT_OF_RANGE'],
+    ];
+    for (const [v, code] of bad) {
+      await expect(g.vcpu.run({ resumeMmioWrites: v as never }), String(v)).rejects.toMatchObject({ code });
+      expect(g.vcpu.running).toBe(false);
+    }
+    const reads: string[] = [];
+    const spy = {
+      get gpa() {
+        reads.push('gpa');
+        return MMIO_GPA;
+      },
+      get size() {
+        reads.push('size');
+        return 0x1000;
+      },
+      get length() {
+        reads.push('length');
+        return 8 as const;
+      },
+    };
+    expectKind(await g.vcpu.run({ resumeMmioWrites: spy }), 'mmio');
+    expect(reads).toEqual(['gpa', 'size', 'length']);
+    expect(g.vcpu.resumedMmioWrites).toBe(100);
+  });
+
+  test('Guest.runUntilDone({ resumeMmioWrites }): the guest never waits for this thread; RunResult counts the writes', async () => {
+    using h = newVm();
+    using g = Guest.longMode(h.vm, {
+      code: (a, io) => {
+        a.mov('rbx', MMIO_GPA).mov('rcx', 0);
+        a.label('loop').mov(mem(64, 'rbx'), 'rcx').add('rcx', 1).cmp('rcx', 1000).jb('loop');
+        io.done();
+      },
+    });
+    const r = await g.runUntilDone({ resumeMmioWrites: RANGE });
+    expect(r.resumedMmioWrites).toBe(1000);
+    expect(r.exits).toBe(1);
+  });
+});

@@ -107,8 +107,14 @@ export interface NativeBinding {
   /** Makes a bound KVM_RUN function throw from now on and drops its hold on the page. */
   runSyncUnbind(fn: (timeoutMs?: number) => number | undefined): void;
   runnerCreate(vcpuFd: number, run: ArrayBuffer): unknown;
-  /** timeoutMs: -1 none, 0 at once; resolves like the bound runSync function. */
-  runnerRun(runner: unknown, timeoutMs: number): Promise<number>;
+  /**
+   * timeoutMs: -1 none, 0 at once; resolves like the bound runSync function.
+   * With first, last (first <= last) and len (1, 2, 4, 8): MMIO writes of len
+   * bytes in [first, last] are resumed on the runner's thread.
+   */
+  runnerRun(runner: unknown, timeoutMs: number, first?: bigint, last?: bigint, len?: number): Promise<number>;
+  /** How many MMIO writes the runner's last finished run resumed. */
+  runnerResumed(runner: unknown): number;
   runnerKick(runner: unknown): void;
   runnerDestroy(runner: unknown): void;
   getRegs(vcpuFd: number, out: Uint8Array): void;

@@ -8,7 +8,7 @@ import { argError, rangeError, readTimeoutMs, toU64, type U64Input } from '../ar
 import { KvmGmemError, MissingCapabilityError } from '../errors.js';
 import type { GuestMemfd } from '../kvm/guest-memfd.js';
 import type { Memslot } from '../kvm/memslot.js';
-import type { Vcpu } from '../kvm/vcpu.js';
+import { type RunOptions, readResumeMmioWrites, type Vcpu } from '../kvm/vcpu.js';
 import { ExitReason, type HypercallExit, type MemoryFaultExit, type VcpuExit } from '../kvm/vcpu-exit.js';
 import type { Vm } from '../kvm/vm.js';
 import { Assembler, type AssembleResult } from '../x86/asm.js';
@@ -95,6 +95,12 @@ export interface RunUntilDoneOptions {
   onExit?: (exit: VcpuExit, guest: Guest) => boolean | Promise<boolean>;
   /** Receives each line of the guest's printf (they are also in RunResult.printed). */
   onPrintf?: (line: string, guest: Guest) => void;
+  /**
+   * MMIO writes each vCPU's thread resumes by itself, never reaching onExit
+   * (Vcpu.run()'s RunOptions.resumeMmioWrites): the guest keeps running
+   * while the JavaScript thread is busy. Counted in RunResult.resumedMmioWrites.
+   */
+  resumeMmioWrites?: RunOptions['resumeMmioWrites'];
 }
 
 /** What onSync learns of a sync besides n: the vCPU that sent it and its argument registers. */
@@ -110,6 +116,8 @@ export interface RunResult {
   /** What the guest's io.printf() calls formatted, in order. */
   printed: string[];
   exits: number;
+  /** MMIO writes resumed on the vCPU's thread (RunUntilDoneOptions.resumeMmioWrites); not in `exits`. */
+  resumedMmioWrites: number;
   conversions: ConversionRecord[];
 }
 
@@ -440,15 +448,18 @@ export class Guest implements Disposable {
     const timeoutMs = options.timeoutMs === undefined ? 10_000 : options.timeoutMs;
     const ms = readTimeoutMs(timeoutMs, 'runUntilDone'); // -1: no deadline
     const deadline = ms < 0 ? Infinity : Date.now() + ms;
-    const result: RunResult = { syncs: [], prints: [], printed: [], exits: 0, conversions: [] };
+    // Read and checked once, before the first run (a getter is not asked again).
+    const resumeMmioWrites = readResumeMmioWrites(options.resumeMmioWrites, 'runUntilDone');
+    const result: RunResult = { syncs: [], prints: [], printed: [], exits: 0, resumedMmioWrites: 0, conversions: [] };
     for (;;) {
       const left = deadline - Date.now();
       const exit =
         ms < 0
-          ? await vcpu.run({ signal: stop })
+          ? await vcpu.run({ signal: stop, resumeMmioWrites })
           : left > 0
-            ? await vcpu.run({ timeoutMs: left, signal: stop })
+            ? await vcpu.run({ timeoutMs: left, signal: stop, resumeMmioWrites })
             : ({ kind: 'interrupted', deadline: true } as const);
+      result.resumedMmioWrites += vcpu.resumedMmioWrites;
       result.exits++;
       if (exit.kind === 'interrupted') {
         // The run's own deadline (a timer of the vCPU thread, never early),

@@ -7,7 +7,7 @@ import { judgePreFault } from '../rules/vcpu.js';
 import { Mapping } from './mapping.js';
 import { native } from '../binding/native.js';
 import { FdResource } from '../binding/resource.js';
-import { readTimeoutMs, toU64, type U64Input } from '../args.js';
+import { argError, rangeError, readTimeoutMs, toU64, typeCode, type U64Input } from '../args.js';
 import { Cap, errno } from '../binding/uapi.js';
 import { decodeExit, ExitReason, type VcpuExit } from './vcpu-exit.js';
 
@@ -30,6 +30,34 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Kick the guest out when aborted. */
   signal?: AbortSignal;
+  /**
+   * run() only: MMIO writes the vCPU's thread completes and resumes from by
+   * itself instead of returning them, as a C selftest's vCPU thread does for
+   * accesses it only checks (memslot_perf_test's guest writing into a memslot
+   * that moved away): `length`-byte writes (1, 2, 4 or 8) that lie inside
+   * [gpa, gpa + size). The data written is dropped. Any other exit returns
+   * as usual; `resumedMmioWrites` then says how many were resumed. Checked
+   * before the run starts (TypeError/RangeError with a code).
+   */
+  resumeMmioWrites?: { gpa: U64Input; size: U64Input; length: 1 | 2 | 4 | 8 };
+}
+
+/**
+ * RunOptions.resumeMmioWrites, each field read once and checked (a coded
+ * TypeError or RangeError): the same range as bigints, or undefined.
+ */
+export function readResumeMmioWrites(v: unknown, op: string): { gpa: bigint; size: bigint; length: 1 | 2 | 4 | 8 } | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null) throw argError(`${op}: resumeMmioWrites must be an object, got ${String(v)}`, 'ERR_INVALID_ARG_TYPE');
+  const o = v as Record<string, unknown>;
+  const gpa = toU64(o.gpa, `${op}: resumeMmioWrites.gpa`);
+  const size = toU64(o.size, `${op}: resumeMmioWrites.size`);
+  const length = o.length;
+  if (length !== 1 && length !== 2 && length !== 4 && length !== 8)
+    throw argError(`${op}: resumeMmioWrites.length must be 1, 2, 4 or 8, got ${String(length)}`, typeCode(length, 'number'));
+  if (size < BigInt(length) || gpa + size > 1n << 64n)
+    throw rangeError(`${op}: resumeMmioWrites [0x${gpa.toString(16)}, +0x${size.toString(16)}) must hold one ${length}-byte write and end by 2^64`);
+  return { gpa, size, length };
 }
 
 /** What a vCPU needs from its VM. */
@@ -49,6 +77,7 @@ export class Vcpu extends FdResource {
   readonly #runSync: ((timeoutMs?: number) => number | undefined) | undefined;
   #runner: RunnerHandle | null = null;
   #running = false;
+  #resumed = 0;
 
   /** @internal Use Vm.createVcpu(). */
   constructor(
@@ -154,16 +183,22 @@ export class Vcpu extends FdResource {
   async run(options: RunOptions = {}): Promise<VcpuExit> {
     const timeoutMs = readTimeoutMs(options.timeoutMs, 'run');
     const signal = options.signal;
+    const resume = readResumeMmioWrites(options.resumeMmioWrites, 'run');
     this.#idle('run');
+    this.#resumed = 0;
     if (signal?.aborted) return { kind: 'interrupted', exitReason: ExitReason.INTR, deadline: false };
     this.#runner ??= native.runnerCreate(this.fd, (this.#runView as DataView).buffer as ArrayBuffer) as RunnerHandle;
     const runner = this.#runner;
     const kick = (): void => native.runnerKick(runner);
-    const pending = native.runnerRun(runner, timeoutMs);
+    const pending =
+      resume === undefined
+        ? native.runnerRun(runner, timeoutMs)
+        : native.runnerRun(runner, timeoutMs, resume.gpa, resume.gpa + resume.size - 1n, resume.length);
     this.#running = true;
     signal?.addEventListener('abort', kick, { once: true });
     try {
       const r = await pending;
+      this.#resumed = native.runnerResumed(runner);
       // close() during the run kicked the guest and unmapped kvm_run.
       if (this.closed) throw new ClosedError('Vcpu', 'finish a run: the vCPU was closed while running');
       return decodeExit(this.#runView as DataView, r);
@@ -171,6 +206,11 @@ export class Vcpu extends FdResource {
       this.#running = false;
       signal?.removeEventListener('abort', kick);
     }
+  }
+
+  /** How many MMIO writes the last run() resumed on the vCPU's thread (RunOptions.resumeMmioWrites). */
+  get resumedMmioWrites(): number {
+    return this.#resumed;
   }
 
   /** Makes an in-flight run() return an 'interrupted' exit now (no-op when idle). */

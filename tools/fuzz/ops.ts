@@ -1537,6 +1537,22 @@ function vcpuOp(c: Ctx): Call | null {
       const t = timeoutValue(r, false);
       const abortAt = r.chance(0.3) ? r.pick([-1, 0, 1, 5, 20]) : null;
       const opts: Record<string, unknown> = { timeoutMs: t };
+      // MMIO writes the runner thread resumes: good ranges (the guests' MMIO
+      // area, all of memory, one byte) and bad ones (wrong types, lengths,
+      // sizes, ranges past 2^64).
+      if (r.chance(0.3))
+        opts.resumeMmioWrites = r.pick<unknown>([
+          { gpa: 0xd0000000, size: 0x1000, length: 8 },
+          { gpa: 0, size: 2n ** 64n - 1n, length: r.pick([1, 2, 4, 8]) },
+          { gpa: 0xd0000000, size: 1, length: 1 },
+          { gpa: 2n ** 64n - 8n, size: 16, length: 8 },
+          { gpa: 0, size: 4, length: 8 },
+          { gpa: -1, size: 8, length: 8 },
+          { gpa: 0, size: 8, length: r.pick<unknown>([0, 3, 16, '8', undefined, 8.5]) },
+          null,
+          'range',
+          7,
+        ]);
       let ac: AbortController | null = null;
       if (abortAt !== null) {
         ac = new AbortController();
@@ -1548,7 +1564,8 @@ function vcpuOp(c: Ctx): Call | null {
       const kickAt = r.chance(0.25) ? r.pick<number | 'at once'>(['at once', 'at once', 0, 1, 10]) : null;
       const { value, note } = c.hostile(opts, v, () => v.run({ timeoutMs: 5 }), 0.1);
       const extra = `${abortAt === null ? '' : abortAt < 0 ? ' (signal already aborted)' : ` (abort after ${abortAt} ms)`}${kickAt === null ? '' : kickAt === 'at once' ? ' (kick at once)' : ` (kick after ${kickAt} ms)`}`;
-      return call('vcpu.run', `await ${name}.run(${show({ timeoutMs: t })})${extra}${note}`, async () => {
+      const shown = opts.resumeMmioWrites === undefined ? { timeoutMs: t } : { timeoutMs: t, resumeMmioWrites: opts.resumeMmioWrites };
+      return call('vcpu.run', `await ${name}.run(${show(shown)})${extra}${note}`, async () => {
         const p = v.run(value as lib.RunOptions);
         if (ac !== null && abortAt !== null && abortAt >= 0) c.later(abortAt, 'AbortController.abort()', () => ac.abort());
         if (kickAt === 'at once') c.secondary('kick()', () => v.kick());
