@@ -259,17 +259,18 @@ static void RunSyncUnbind(const Napi::CallbackInfo& info) {
   ReleaseBoundRun(info.Env(), static_cast<BoundRun*>(p));
 }
 
-// MMIO writes a run resumes on its own thread instead of returning: the
-// exit is a write of `len` bytes inside [first, last]. Re-entering KVM_RUN
-// completes the write (the data is dropped), as a VMM's vCPU thread does for
-// an access it ignores; the guest then goes on without waiting for the
-// JavaScript thread (memslot_perf_test's vCPU runs this way in C).
+// What a runner thread hands the JavaScript thread at the end of a run.
 struct RunResult {
   int r;
   int err;
   uint64_t resumed;
 };
 
+// MMIO writes a run resumes on its own thread instead of returning: the
+// exit is a write of `len` bytes inside [first, last]. Re-entering KVM_RUN
+// completes the write (the data is dropped), as a VMM's vCPU thread does for
+// an access it ignores; the guest then goes on without waiting for the
+// JavaScript thread (memslot_perf_test's vCPU runs this way in C).
 struct MmioResume {
   bool on = false;
   uint64_t first = 0;

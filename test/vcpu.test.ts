@@ -37,6 +37,7 @@ import {
   type VcpuExit,
   type VmTypeName,
 } from '../lib/index.js';
+import { native } from '../lib/binding/native.js';
 import { gate, hostCaps, needs, newVm, type VmHandle } from './helpers.js';
 
 const caps = hostCaps();
@@ -763,6 +764,29 @@ describe('run({ resumeMmioWrites }): MMIO writes the vCPU thread resumes by itse
     expectKind(await g.vcpu.run({ resumeMmioWrites: spy }), 'mmio');
     expect(reads).toEqual(['gpa', 'size', 'length']);
     expect(g.vcpu.resumedMmioWrites).toBe(100);
+  });
+
+  test('the native runnerRun refuses a bad range itself (length, order, argument count) and leaves the runner idle', async () => {
+    using h = newVm();
+    using g = writer(h.vm);
+    const runner = native.runnerCreate(g.vcpu.fd, g.vcpu.runPage.buffer as ArrayBuffer);
+    try {
+      const bad: [unknown[], RegExp][] = [
+        [[0n, 0xfffn, 3], /len must be 1, 2, 4 or 8/],
+        [[0n, 0xfffn, '8'], /len must be 1, 2, 4 or 8/],
+        [[0x2000n, 0x1000n, 8], /first must not be above last/],
+        [[-1n, 0xfffn, 8], /'first' must be a non-negative/],
+        [[0n, 0xfffn], /expected 2 arguments, got 4/],
+      ];
+      for (const [args, message] of bad) {
+        expect(() => (native.runnerRun as (...a: unknown[]) => unknown)(runner, -1, ...args), String(args)).toThrow(message);
+      }
+      // Still idle: a good run goes through (100 writes resumed).
+      expect(await native.runnerRun(runner, -1, BigInt(MMIO_GPA), BigInt(MMIO_GPA + 0xfff), 8)).toBe(0);
+      expect(native.runnerResumed(runner)).toBe(100);
+    } finally {
+      native.runnerDestroy(runner);
+    }
   });
 
   test('Guest.runUntilDone({ resumeMmioWrites }): the guest never waits for this thread; RunResult counts the writes', async () => {
