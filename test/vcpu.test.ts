@@ -789,6 +789,39 @@ describe('run({ resumeMmioWrites }): MMIO writes the vCPU thread resumes by itse
     }
   });
 
+  test('runUntilDone() reads resumeMmioWrites once for all its runs; a bad one rejects before the guest runs', async () => {
+    using h = newVm();
+    using g = Guest.longMode(h.vm, {
+      code: (a, io) => {
+        a.mov('rbx', MMIO_GPA).mov(mem(64, 'rbx'), 'rax');
+        io.sync(1);
+        a.mov(mem(64, 'rbx'), 'rax');
+        io.done();
+      },
+    });
+    const rip = g.vcpu.getRegs().rip;
+    await expect(g.runUntilDone({ resumeMmioWrites: { gpa: 0, size: 8, length: 3 as never } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    expect(g.vcpu.getRegs().rip).toBe(rip);
+    const reads: string[] = [];
+    const spy = {
+      get gpa() {
+        reads.push('gpa');
+        return MMIO_GPA;
+      },
+      get size() {
+        reads.push('size');
+        return 8;
+      },
+      get length() {
+        reads.push('length');
+        return 8 as const;
+      },
+    };
+    const r = await g.runUntilDone({ resumeMmioWrites: spy });
+    expect({ syncs: r.syncs, exits: r.exits, resumed: r.resumedMmioWrites }).toEqual({ syncs: [1], exits: 2, resumed: 2 });
+    expect(reads).toEqual(['gpa', 'size', 'length']);
+  });
+
   test('Guest.runUntilDone({ resumeMmioWrites }): the guest never waits for this thread; RunResult counts the writes', async () => {
     using h = newVm();
     using g = Guest.longMode(h.vm, {

@@ -59,6 +59,15 @@ export interface AddVcpuOptions {
   stackPages?: number;
 }
 
+/**
+ * The options of one runUntilDone()/runAll(), copied: resumeMmioWrites is
+ * read and checked here, once for all vCPUs and runs (a getter is not asked
+ * again), and handed to every Vcpu.run() as plain bigints.
+ */
+function copyRunOptions(options: RunUntilDoneOptions, op: string): RunUntilDoneOptions {
+  return { ...options, resumeMmioWrites: readResumeMmioWrites(options.resumeMmioWrites, op) };
+}
+
 export const KVM_HC_MAP_GPA_RANGE = 12n;
 export const KVM_MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
 
@@ -418,7 +427,7 @@ export class Guest implements Disposable {
    * keeps working.
    */
   async runUntilDone(options: RunUntilDoneOptions = {}): Promise<RunResult> {
-    return this.#loop(this.vcpu, { ...options }, undefined);
+    return this.#loop(this.vcpu, copyRunOptions(options, 'runUntilDone'), undefined);
   }
 
   /**
@@ -427,7 +436,7 @@ export class Guest implements Disposable {
    * other vCPUs out and is what rejects; the deadline is for the whole run.
    */
   async runAll(options: RunUntilDoneOptions = {}): Promise<RunResult[]> {
-    const o = { ...options };
+    const o = copyRunOptions(options, 'runAll');
     const stop = new AbortController();
     let first: { error: unknown } | undefined;
     const runs = this.#vcpus.map((v) =>
@@ -448,8 +457,7 @@ export class Guest implements Disposable {
     const timeoutMs = options.timeoutMs === undefined ? 10_000 : options.timeoutMs;
     const ms = readTimeoutMs(timeoutMs, 'runUntilDone'); // -1: no deadline
     const deadline = ms < 0 ? Infinity : Date.now() + ms;
-    // Read and checked once, before the first run (a getter is not asked again).
-    const resumeMmioWrites = readResumeMmioWrites(options.resumeMmioWrites, 'runUntilDone');
+    const resumeMmioWrites = options.resumeMmioWrites;
     const result: RunResult = { syncs: [], prints: [], printed: [], exits: 0, resumedMmioWrites: 0, conversions: [] };
     for (;;) {
       const left = deadline - Date.now();

@@ -198,7 +198,7 @@ export class Vcpu extends FdResource {
     signal?.addEventListener('abort', kick, { once: true });
     try {
       const r = await pending;
-      this.#resumed = native.runnerResumed(runner);
+      if (resume !== undefined) this.#resumed = native.runnerResumed(runner);
       // close() during the run kicked the guest and unmapped kvm_run.
       if (this.closed) throw new ClosedError('Vcpu', 'finish a run: the vCPU was closed while running');
       return decodeExit(this.#runView as DataView, r);
